@@ -1,0 +1,353 @@
+"""One run: (dataset, model, seed) -> a result dict. Configs are resolved and checked here; the
+RecBole dataset, model and trainer are built through ``recbole_ext``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import recbole_ext  # noqa: F401  (applies the compatibility patches first)
+from bench import configs
+from bench.datasets import check_atomic_header, locate
+from bench.environment import environment
+from bench.errors import BenchError
+from recbole_ext import registry
+from recbole_ext.data import load_dataset, prepare_data
+from recbole_ext.training import EpochCallback, TrainEpochHook, recording_trainer
+
+RESULT_SCHEMA = 1
+
+# Keys that describe where or how a run executes, not what it computes: left out of config_hash.
+_PLACEMENT_KEYS = {
+    "seed",
+    "device",
+    "gpu_id",
+    "use_gpu",
+    "checkpoint_dir",
+    "data_path",
+    "config_files",
+    "show_progress",
+    "worker",
+    "local_rank",
+    "single_spec",
+    "state",
+}
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for one run."""
+
+    dataset: str
+    model: str
+    seed: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # --epochs / --set, highest priority
+    config_files: list[Path] = field(default_factory=list)  # --config files
+    quick: bool = False
+    device: str = "auto"
+    data_dir: str | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class PreparedRun:
+    """A request resolved against the registry, the config tree and the data directories."""
+
+    request: RunRequest
+    spec: registry.ModelSpec
+    config_dict: dict[str, Any]
+    data_path: Path
+    data_source: str
+    known_keys: set[str]
+
+
+def resolve_device(device: str) -> Any:
+    import torch
+
+    if device in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise BenchError(
+            f"--device {device!r} is not a device (auto, cpu, cuda or cuda:N)"
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {device} requested but CUDA is not available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise BenchError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif resolved.type != "cpu":
+        raise BenchError(f"--device {device!r} is not supported (auto, cpu, cuda or cuda:N)")
+    return resolved
+
+
+def model_defaults_file(spec: registry.ModelSpec) -> Path | None:
+    """``configs/models/<Model>.yaml``, else a ``<Model>.yaml`` beside a third-party class."""
+    path = configs.model_file(spec.name)
+    if path is not None:
+        return path
+    beside = Path(sys.modules[spec.cls.__module__].__file__ or "").parent / f"{spec.name}.yaml"
+    return beside if beside.is_file() else None
+
+
+def check_settings(settings: dict[str, Any], runs: list[PreparedRun]) -> None:
+    """Every ``--set`` key must be known to RecBole or to the config of at least one model run."""
+    known = set().union(*(run.known_keys for run in runs)) if runs else set()
+    models = ", ".join(sorted({run.spec.name for run in runs}))
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise BenchError(f"unknown setting {key!r} (not used by RecBole or {models}){hint}")
+
+
+def prepare(request: RunRequest) -> PreparedRun:
+    """Resolve and check everything that can be checked before training starts."""
+    try:
+        spec = registry.get(request.model)
+    except registry.UnknownModelError as exc:
+        raise BenchError(str(exc)) from exc
+    try:
+        found = locate(request.dataset, request.data_dir)
+    except BenchError:
+        found = None
+    dataset_keys, harness = configs.dataset_settings(request.dataset, has_data=found is not None)
+    layers: list[dict[str, Any]] = [configs.load_yaml(configs.defaults_file()), dataset_keys]
+    model_path = model_defaults_file(spec)
+    if model_path is not None:
+        model_keys = configs.load_yaml(model_path)
+        clashing = sorted(set(model_keys) & configs.PROTOCOL_KEYS)
+        if clashing:
+            raise BenchError(
+                f"{model_path} sets protocol key(s) {', '.join(clashing)}; "
+                "those belong to the dataset config"
+            )
+        layers.append(model_keys)
+    if request.quick:
+        layers.append(configs.load_yaml(configs.quick_file()))
+    layers.extend(configs.load_yaml(path) for path in request.config_files)
+
+    known = configs.recbole_known_keys(spec.name)
+    for layer in layers:
+        known |= set(layer)
+
+    config_dict: dict[str, Any] = {}
+    for layer in layers:
+        config_dict.update(layer)
+    config_dict.update(request.settings)
+
+    device = resolve_device(request.device)
+    config_dict.update(
+        seed=request.seed,
+        device=str(device),
+        use_gpu=device.type == "cuda",
+        gpu_id="" if device.type == "cpu" else str(device.index or 0),
+    )
+    if int(config_dict.get("epochs", 1)) < 1:
+        raise BenchError(f"epochs must be at least 1, got {config_dict['epochs']}")
+
+    location = found or locate(request.dataset, request.data_dir, harness.get("how_to_get", ""))
+    inter = location.folder(request.dataset) / f"{request.dataset}.inter"
+    required = [
+        config_dict.get("USER_ID_FIELD", "user_id"),
+        config_dict.get("ITEM_ID_FIELD", "item_id"),
+    ]
+    order = (config_dict.get("eval_args") or {}).get("order")
+    if order == "TO":
+        required.append(config_dict.get("TIME_FIELD", "timestamp"))
+    check_atomic_header(inter, required)
+    return PreparedRun(request, spec, config_dict, location.data_path, location.source, known)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "name") and hasattr(value, "value"):  # enums
+        return value.name
+    return str(value)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of what a run computes: the resolved config without seed and placement keys."""
+    relevant = {k: v for k, v in config.items() if k not in _PLACEMENT_KEYS}
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _eval_users(loader: Any) -> int:
+    dataset = loader._dataset
+    return len(set(dataset.inter_feat[dataset.uid_field].tolist()))
+
+
+def _metrics(result: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (result or {}).items()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def execute(
+    prepared: PreparedRun,
+    epoch_callback: EpochCallback | None = None,
+    command: str | None = None,
+    train_epoch_hook: TrainEpochHook | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one prepared run. Returns a result dict with status ``ok``.
+
+    Exceptions from RecBole or the model propagate; :func:`run_safely` records them.
+    """
+    from recbole.config import Config
+    from recbole.utils import init_seed
+
+    request = prepared.request
+    started = _now()
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    try:
+        t0 = time.perf_counter()
+        config_dict = dict(prepared.config_dict)
+        config_dict.update(data_path=str(prepared.data_path), checkpoint_dir=str(checkpoint_dir))
+        config = Config(model=prepared.spec.cls, dataset=request.dataset, config_dict=config_dict)
+        init_seed(config["seed"], config["reproducibility"])
+        try:
+            dataset, cached = load_dataset(config, request.cache_dir)
+        except (ValueError, KeyError, IndexError) as exc:
+            folder = prepared.data_path / request.dataset
+            raise BenchError(f"malformed data in {folder}: {type(exc).__name__}: {exc}") from exc
+        counts = {
+            "users": int(dataset.user_num - 1),  # RecBole counts the padding id
+            "items": int(dataset.item_num - 1),
+            "interactions": int(dataset.inter_num),
+        }
+        train_data, valid_data, test_data = prepare_data(config, dataset)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = prepared.spec.cls(config, train_data._dataset).to(config["device"])
+        data_seconds = time.perf_counter() - t0
+
+        trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)
+        t1 = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, show_progress=bool(config["show_progress"])
+        )
+        train_seconds = time.perf_counter() - t1
+        has_checkpoint = Path(trainer.saved_model_file).exists()
+        t2 = time.perf_counter()
+        test_result = trainer.evaluate(test_data, load_best_model=has_checkpoint)
+        eval_seconds = time.perf_counter() - t2
+    finally:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    records = trainer.epochs_record
+    validated = [r for r in records if r.valid_score is not None]
+    best_epoch = None
+    if validated:
+        best = max if config["valid_metric_bigger"] else min
+        best_value = best(r.valid_score for r in validated)
+        best_epoch = [r.epoch for r in validated if r.valid_score == best_value][-1]
+    resolved = _jsonable(dict(config.final_config_dict))
+    return {
+        "schema": RESULT_SCHEMA,
+        "status": "ok",
+        "dataset": request.dataset,
+        "model": prepared.spec.name,
+        "family": prepared.spec.family,
+        "source": prepared.spec.source,
+        "seed": request.seed,
+        "quick": request.quick,
+        "config_hash": config_hash(resolved),
+        "valid_metric": str(config["valid_metric"]).lower(),
+        "best_epoch": best_epoch,
+        "best_valid_score": None if best_valid_score is None else float(best_valid_score),
+        "valid": _metrics(best_valid_result),
+        "test": _metrics(test_result),
+        "epochs": [
+            {
+                "epoch": r.epoch,
+                "train_loss": r.train_loss,
+                "loss_terms": r.loss_terms,
+                "valid_score": r.valid_score,
+                "valid": r.valid_result,
+                "train_seconds": r.train_seconds,
+                "valid_seconds": r.valid_seconds,
+            }
+            for r in records
+        ],
+        "timing": {
+            "data_seconds": data_seconds,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "total_seconds": data_seconds + train_seconds + eval_seconds,
+        },
+        "data": {
+            "path": str(prepared.data_path / request.dataset),
+            "source": prepared.data_source,
+            "cached": cached,
+            **counts,
+            "train_samples": len(train_data._dataset),
+            "valid_users": _eval_users(valid_data),
+            "test_users": _eval_users(test_data),
+        },
+        "config": resolved,
+        "environment": environment(config["device"]),
+        "command": command,
+        "started_at": started,
+        "finished_at": _now(),
+    }
+
+
+def failed_result(request: RunRequest, exc: BaseException, command: str | None) -> dict[str, Any]:
+    return {
+        "schema": RESULT_SCHEMA,
+        "status": "failed",
+        "dataset": request.dataset,
+        "model": request.model,
+        "seed": request.seed,
+        "quick": request.quick,
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exc(),
+        },
+        "command": command,
+        "finished_at": _now(),
+    }
+
+
+def run_safely(
+    prepared: PreparedRun,
+    epoch_callback: EpochCallback | None = None,
+    command: str | None = None,
+    train_epoch_hook: TrainEpochHook | None = None,
+) -> dict[str, Any]:
+    """:func:`execute`, with any exception turned into a ``failed`` result."""
+    with warnings.catch_warnings():
+        # RecBole 1.2.1 on current PyTorch warns on every run about APIs it uses; not actionable.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        try:
+            return execute(prepared, epoch_callback, command, train_epoch_hook)
+        except (KeyboardInterrupt, BenchError):
+            raise
+        except Exception as exc:  # one model's failure must not stop the others
+            return failed_result(prepared.request, exc, command)

@@ -1,0 +1,5 @@
+"""RecBole extensions for recbole-bench: compatibility fixes, models, layers and glue."""
+
+from recbole_ext import compat
+
+compat.apply()

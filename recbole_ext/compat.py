@@ -1,0 +1,288 @@
+"""Make RecBole 1.2.1 work on today's NumPy, pandas, SciPy and PyTorch.
+
+RecBole is unmaintained; each patch below fixes one failure seen on the current stack and has a
+regression test in ``tests/test_compat.py``. :func:`apply` is idempotent and runs when
+``recbole_ext`` is imported, before any RecBole object is built.
+
+Never import ``recbole.quick_start`` from this package: it imports ``ray.tune`` at module import.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+_applied = False
+
+# The NumPy aliases RecBole still uses (np.float in its metrics, np.int in samplers ...) mapped to
+# what they always meant: the Python builtins.
+_NUMPY_ALIASES = {
+    "bool": bool,
+    "int": int,
+    "float": float,
+    "complex": complex,
+    "object": object,
+    "str": str,
+    "long": int,
+    "unicode": str,
+}
+
+
+def apply() -> None:
+    """Apply every patch once."""
+    global _applied
+    if _applied:
+        return
+    _patch_numpy_aliases()
+    _patch_config()
+    _patch_dataset_fillna()
+    _patch_scipy_dok_update()
+    _patch_trainer()
+    _patch_tensorboard()
+    _import_sequential_models_without_anomaly_detection()
+    _applied = True
+
+
+# 1. NumPy 2 removed np.float_ and friends; RecBole's Config assigns np.float = np.float_.
+def _patch_numpy_aliases() -> None:
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def _compatibility_settings(self: Any) -> None:
+    _patch_numpy_aliases()
+
+
+# 6. Config reads every --key=value from sys.argv; 8. it overwrites CUDA_VISIBLE_DEVICES.
+def _patch_config() -> None:
+    from recbole.config import configurator
+
+    original_init_device = configurator.Config._init_device
+
+    def _load_cmd_line(self: Any) -> dict:
+        # The harness passes every setting explicitly; the process's own argv is not RecBole's.
+        return {}
+
+    def _init_device(self: Any) -> None:
+        cfg = self.final_config_dict
+        if "local_rank" in cfg:  # distributed runs keep RecBole's behaviour
+            original_init_device(self)
+            return
+        gpu_id = cfg.get("gpu_id", "")
+        if isinstance(gpu_id, tuple | list):
+            gpu_id = ",".join(map(str, gpu_id))
+        cfg["gpu_id"] = str(gpu_id)
+        cfg["single_spec"] = True
+        cfg["local_rank"] = 0
+        requested = cfg.get("device")
+        # The process's CUDA_VISIBLE_DEVICES (set by the harness, Ray or the user) is left alone.
+        if isinstance(requested, torch.device | str) and str(requested) not in ("", "auto"):
+            device = torch.device(requested)
+        elif cfg.get("use_gpu", True) and torch.cuda.is_available():
+            device = torch.device("cuda")
+        else:
+            device = torch.device("cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = torch.device("cpu")
+        cfg["device"] = device
+
+    configurator.Config.compatibility_settings = _compatibility_settings
+    configurator.Config._load_cmd_line = _load_cmd_line
+    configurator.Config._init_device = _init_device
+
+
+# 4. pandas 3 copy-on-write: chained ``df[col].fillna(..., inplace=True)`` is a silent no-op.
+def _patch_dataset_fillna() -> None:
+    from recbole.data.dataset import dataset as dataset_module
+    from recbole.utils import FeatureType
+
+    def _fill_nan(self: Any) -> None:
+        for feat_name in self.feat_name_list:
+            feat = getattr(self, feat_name)
+            for field in feat:
+                ftype = self.field2type[field]
+                if ftype == FeatureType.TOKEN:
+                    feat[field] = feat[field].fillna(value=0)
+                elif ftype == FeatureType.FLOAT:
+                    feat[field] = feat[field].fillna(value=feat[field].mean())
+                else:
+                    dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                    feat[field] = feat[field].apply(
+                        lambda x, dtype=dtype: (
+                            np.array([], dtype=dtype) if isinstance(x, float) else x
+                        )
+                    )
+
+    dataset_module.Dataset._fill_nan = _fill_nan
+    dataset_module.Dataset._remap = _remap
+    _patch_load_feat_seq_fillna(dataset_module)
+
+
+# 10. pandas 3: ``Series.agg(len)`` is the Series' length, not each cell's, so RecBole's
+# ``Dataset._remap`` split every token_seq column into one piece and crashed.
+def _remap(self: Any, remap_list: list) -> None:
+    import pandas as pd
+    from recbole.utils import FeatureType
+
+    if not remap_list:
+        return
+    tokens, split_point = self._concat_remaped_tokens(remap_list)
+    new_ids, mapping = pd.factorize(tokens)
+    new_ids_list = np.split(new_ids + 1, split_point)
+    id2token = np.array(["[PAD]", *mapping])
+    token2id = {token: i for i, token in enumerate(id2token)}
+    for (feat, field, ftype), ids in zip(remap_list, new_ids_list, strict=True):
+        if field not in self.field2id_token:
+            self.field2id_token[field] = id2token
+            self.field2token_id[field] = token2id
+        if ftype == FeatureType.TOKEN:
+            feat[field] = ids
+        elif ftype == FeatureType.TOKEN_SEQ:
+            lengths = np.fromiter((len(cell) for cell in feat[field]), dtype=np.int64)
+            feat[field] = pd.Series(np.split(ids, np.cumsum(lengths)[:-1]), index=feat.index)
+
+
+def _patch_load_feat_seq_fillna(dataset_module: Any) -> None:
+    """Make the empty cells of *_seq columns read as "" rather than NaN.
+
+    ``Dataset._load_feat`` calls ``df[field].fillna(value="", inplace=True)`` on a column view,
+    which pandas 3 ignores; the NaN cell then reaches ``str.split`` and crashes. The method's
+    DataFrame comes from ``pd.read_csv`` in the same module, with the atomic file's header
+    (``name:token_seq``) as column names, so the module's ``pd`` is given a ``read_csv`` that
+    fills the sequence columns itself.
+    """
+    import types
+
+    import pandas as pd
+
+    def read_csv(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        df = pd.read_csv(*args, **kwargs)
+        for column in df.columns:
+            if str(column).endswith("_seq"):
+                df[column] = df[column].fillna("")
+        return df
+
+    shim = types.ModuleType("pandas_recbole_shim")
+    shim.__dict__.update(pd.__dict__)
+    shim.read_csv = read_csv
+    dataset_module.pd = shim
+
+
+# 5. SciPy >= 1.13 removed dok_matrix._update, which NGCF, LightGCN, NCL, GCMC ... call.
+def _patch_scipy_dok_update() -> None:
+    import scipy.sparse as sp
+
+    def _update(self: Any, data: Mapping) -> None:
+        # Same contract as the removed private method: a raw dict update, no bounds checks.
+        self._dict.update(data)
+
+    for cls in (sp.dok_matrix, getattr(sp, "dok_array", None)):
+        if cls is not None and not hasattr(cls, "_update"):
+            cls._update = _update
+
+
+def unique_run_stamp() -> str:
+    """A checkpoint stamp unique across processes and within a second."""
+    now = datetime.now().strftime("%b-%d-%Y_%H-%M-%S-%f")
+    return f"{now}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _checkpoint_state(trainer: Any, epoch: int) -> dict:
+    # Plain containers and tensors only, so that torch.load(weights_only=True) accepts it.
+    return {
+        "model": str(trainer.config["model"]),
+        "epoch": int(epoch),
+        "cur_step": int(trainer.cur_step),
+        "best_valid_score": float(trainer.best_valid_score),
+        "state_dict": trainer.model.state_dict(),
+        "other_parameter": trainer.model.other_parameter(),
+        "optimizer": trainer.optimizer.state_dict(),
+    }
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint written by the patched trainer, refusing arbitrary pickled objects."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# 2. torch >= 2.6 loads weights_only; RecBole's checkpoints pickle the Config.
+# 7. checkpoint names are model + time to the second; parallel runs overwrite each other.
+def _patch_trainer() -> None:
+    from recbole.trainer import trainer as trainer_module
+
+    trainer_module.get_local_time = unique_run_stamp
+    Trainer = trainer_module.Trainer
+    original_evaluate = Trainer.evaluate
+
+    def _save_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        torch.save(_checkpoint_state(self, epoch), saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+    def resume_checkpoint(self: Any, resume_file: str | os.PathLike) -> None:
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, self.device)
+        if checkpoint["model"].lower() != str(self.config["model"]).lower():
+            raise ValueError(
+                f"checkpoint {resume_file} holds {checkpoint['model']}, not {self.config['model']}"
+            )
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+
+    def evaluate(
+        self: Any,
+        eval_data: Any,
+        load_best_model: bool = True,
+        model_file: str | None = None,
+        show_progress: bool = False,
+    ) -> Any:
+        if eval_data and load_best_model:
+            checkpoint = load_checkpoint(model_file or self.saved_model_file, self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return original_evaluate(
+            self, eval_data, load_best_model=False, show_progress=show_progress
+        )
+
+    Trainer._save_checkpoint = _save_checkpoint
+    Trainer.resume_checkpoint = resume_checkpoint
+    Trainer.evaluate = evaluate
+
+
+class _NullSummaryWriter:
+    """Accepts and drops every TensorBoard call."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+# 9. Every Trainer opens a TensorBoard writer under ./log_tensorboard of the working directory.
+# The harness keeps its own per-epoch records, so the trainers get a writer that drops events.
+def _patch_tensorboard() -> None:
+    from recbole.trainer import trainer as trainer_module
+
+    trainer_module.get_tensorboard = lambda logger: _NullSummaryWriter()
+
+
+# 3. recbole/model/sequential_recommender/sine.py runs torch.autograd.set_detect_anomaly(True) at
+# import, and the package __init__ imports it with every sequential model.
+def _import_sequential_models_without_anomaly_detection() -> None:
+    was_enabled = torch.is_anomaly_enabled()
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(was_enabled)

@@ -1,0 +1,1 @@
+"""Shared building blocks that several models compose (one topic a module)."""

@@ -1,0 +1,130 @@
+"""RecBole trainer glue: per-epoch records of losses, loss terms, validation results and time.
+
+RecBole's trainers keep only the total loss per epoch and the best validation result.
+:func:`recording_trainer` wraps whichever trainer class RecBole picks for a model so that each
+epoch's training loss, the mean of the model's ``last_loss_terms`` (if it exposes them), the full
+validation result and the time spent are kept, and an optional callback sees every validation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recbole.utils import get_trainer
+
+EpochCallback = Callable[[int, float, dict[str, float]], None]
+TrainEpochHook = Callable[[int, "EpochRecord"], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float | None = None
+    train_seconds: float = 0.0
+    loss_terms: dict[str, float] = field(default_factory=dict)
+    valid_score: float | None = None
+    valid_result: dict[str, float] | None = None
+    valid_seconds: float = 0.0
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, tuple):
+        return float(sum(float(v) for v in value))
+    return float(value)
+
+
+class _LossTermAccumulator:
+    """Averages a model's ``last_loss_terms`` over the training steps of one epoch."""
+
+    def __init__(self, model: Any) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps = 0
+        if hasattr(model, "last_loss_terms"):
+            original = model.calculate_loss
+
+            def calculate_loss(interaction: Any) -> Any:
+                loss = original(interaction)
+                for key, value in getattr(model, "last_loss_terms", {}).items():
+                    self.sums[key] += float(value)
+                self.steps += 1
+                return loss
+
+            model.calculate_loss = calculate_loss
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
+        self.sums.clear()
+        self.steps = 0
+        return means
+
+
+class RecordingMixin:
+    """Mixed in before a RecBole trainer class; see the module docstring."""
+
+    epoch_callback: EpochCallback | None = None
+    train_epoch_hook: TrainEpochHook | None = None
+
+    def _init_records(self) -> None:
+        self.epochs_record: list[EpochRecord] = []
+        self._loss_terms = _LossTermAccumulator(self.model)  # type: ignore[attr-defined]
+
+    def _record(self, epoch: int) -> EpochRecord:
+        if not self.epochs_record or self.epochs_record[-1].epoch != epoch:
+            self.epochs_record.append(EpochRecord(epoch=epoch))
+        return self.epochs_record[-1]
+
+    def _train_epoch(self, train_data: Any, epoch_idx: int, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)  # type: ignore[misc]
+        record = self._record(epoch_idx)
+        record.train_seconds = time.perf_counter() - start
+        record.train_loss = _as_float(loss)
+        record.loss_terms = self._loss_terms.pop_means()
+        if not math.isfinite(record.train_loss):
+            raise TrainingDiverged(f"training loss is {record.train_loss} at epoch {epoch_idx}")
+        if self.train_epoch_hook is not None:
+            self.train_epoch_hook(epoch_idx, record)
+        return loss
+
+    def _valid_epoch(self, valid_data: Any, show_progress: bool = False) -> Any:
+        start = time.perf_counter()
+        valid_score, valid_result = super()._valid_epoch(  # type: ignore[misc]
+            valid_data, show_progress=show_progress
+        )
+        epoch = self.epochs_record[-1].epoch if self.epochs_record else 0
+        record = self._record(epoch)
+        record.valid_seconds = time.perf_counter() - start
+        record.valid_score = float(valid_score)
+        record.valid_result = {k: float(v) for k, v in valid_result.items()}
+        if self.epoch_callback is not None:
+            self.epoch_callback(epoch, record.valid_score, record.valid_result)
+        return valid_score, valid_result
+
+
+def recording_trainer(
+    config: Any,
+    model: Any,
+    epoch_callback: EpochCallback | None = None,
+    train_epoch_hook: TrainEpochHook | None = None,
+) -> Any:
+    """Instantiate RecBole's trainer for ``model`` with per-epoch recording.
+
+    ``epoch_callback(epoch, valid_score, valid_result)`` runs after each validation (pruning,
+    learning curves); ``train_epoch_hook(epoch, record)`` after each training epoch (progress).
+    """
+    base = get_trainer(config["MODEL_TYPE"], config["model"])
+    cls = type(f"Recording{base.__name__}", (RecordingMixin, base), {})
+    trainer = cls(config, model)
+    trainer.epoch_callback = epoch_callback
+    trainer.train_epoch_hook = train_epoch_hook
+    trainer._init_records()
+    return trainer

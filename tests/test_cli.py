@@ -1,0 +1,238 @@
+"""The ``bench`` command line, end to end, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from recbole.model.general_recommender import Pop
+
+from bench import api, cli
+from recbole_ext import registry
+from tests.helpers import TINY, run_cli
+
+TINY_SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+
+
+def test_run_two_models_on_ml100k_then_resume(tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "run",
+        "--models",
+        "Pop,SASRec",
+        "--dataset",
+        "ml-100k",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *TINY_SETS,
+    ]
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for model in ("Pop", "SASRec"):
+        result = json.loads((out / "runs" / "ml-100k" / model / "seed-0.json").read_text())
+        assert result["status"] == "ok" and result["model"] == model
+        assert 0.0 <= result["test"]["ndcg@10"] <= 1.0
+        assert result["data"]["users"] == 943 and result["data"]["source"] == "recbole wheel"
+        assert result["data"]["test_users"] == 943
+        assert result["config"]["epochs"] == 1 and result["epochs"][0]["train_loss"] is not None
+        assert result["environment"]["packages"]["recbole"] == "1.2.1"
+        assert result["command"].startswith("bench run --models Pop,SASRec")
+        # full precision, not RecBole's 4 decimals
+        assert any(len(repr(v)) > 8 for v in result["test"].values())
+    table = pd.read_csv(out / "leaderboard" / "ml-100k.csv")
+    assert set(table["model"]) == {"Pop", "SASRec"}
+    assert pd.api.types.is_float_dtype(table["test_ndcg@10"])
+    assert (out / "leaderboard" / "ml-100k.md").read_text().startswith("# Leaderboard: ml-100k")
+    assert not list(out.rglob("*.tmp"))
+
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped Pop seed 0" in again.stdout and "skipped SASRec seed 0" in again.stdout
+
+
+class Exploding(Pop):
+    """A model whose training always fails."""
+
+    def calculate_loss(self, interaction):
+        raise RuntimeError("exploded on purpose")
+
+
+def test_one_failing_model_does_not_stop_the_others(tiny_sequences, monkeypatch):
+    real_get = registry.get
+
+    def get(name):
+        if name == "Exploding":
+            return registry.ModelSpec("Exploding", Exploding, "test")
+        return real_get(name)
+
+    monkeypatch.setattr(registry, "get", get)
+    out = tiny_sequences / "out"
+    summary = api.run(["Exploding", "Pop"], "tiny", data_dir=tiny_sequences, out=out, epochs=1)
+    statuses = {r["model"]: r["status"] for r in summary.results}
+    assert statuses == {"Exploding": "failed", "Pop": "ok"}
+    failed = json.loads((out / "runs" / "tiny" / "Exploding" / "seed-0.json").read_text())
+    assert "exploded on purpose" in failed["error"]["message"]
+    table = pd.read_csv(summary.leaderboard_csv).set_index("model")
+    assert table.loc["Pop", "seeds"] == 1 and table.loc["Exploding", "failed"] == 1
+
+
+def test_user_dataset_without_config_uses_the_default_protocol(tiny_sequences):
+    summary = api.run(
+        ["SASRec"],
+        "tiny",
+        data_dir=tiny_sequences,
+        out=tiny_sequences / "o",
+        epochs=1,
+        settings=dict(TINY),
+        seeds=[0, 1],
+    )
+    assert [r["status"] for r in summary.results] == ["ok", "ok"]
+    assert summary.results[0]["config"]["valid_metric"] == "NDCG@10"
+    assert summary.results[0]["test"] != summary.results[1]["test"]  # seeds matter
+
+
+def _main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["bench", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--models", "SASRek", "--dataset", "ml-100k"],
+            "unknown model 'SASRek'; did you mean SASRec",
+        ),
+        (
+            ["--models", "Pop", "--dataset", "ml-100"],
+            "unknown dataset 'ml-100'; did you mean ml-100k",
+        ),
+        (
+            ["--models", "SASRec", "--dataset", "ml-100k", "--set", "hiden_size=3"],
+            "unknown setting 'hiden_size'",
+        ),
+        (["--models", "Pop", "--dataset", "ml-100k", "--device", "tpu"], "--device 'tpu'"),
+        (["--models", "Pop", "--dataset", "ml-100k", "--seeds", "a,b"], "--seeds expects"),
+        (["--models", "Pop", "--dataset", "ml-100k", "--epochs", "0"], "epochs must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, args, message
+):
+    code, captured = _main(monkeypatch, capsys, "run", *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_yaml_and_data_are_reported(tmp_path, monkeypatch, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: [1, 2\nlearning_rate: 0.1\n")
+    code, captured = _main(
+        monkeypatch,
+        capsys,
+        "run",
+        "--models",
+        "Pop",
+        "--dataset",
+        "ml-100k",
+        "--config",
+        str(bad_yaml),
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 2 and f"malformed YAML in {bad_yaml}" in captured.err
+
+    (tmp_path / "data" / "broken").mkdir(parents=True)
+    (tmp_path / "data" / "broken" / "broken.inter").write_text("user item\n1 2\n")
+    code, captured = _main(
+        monkeypatch,
+        capsys,
+        "run",
+        "--models",
+        "Pop",
+        "--dataset",
+        "broken",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 2 and "malformed data file" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, captured = _main(
+        monkeypatch,
+        capsys,
+        "run",
+        "--models",
+        "Pop",
+        "--dataset",
+        "amazon-beauty",
+        "--data-dir",
+        str(tmp_path / "none"),
+    )
+    assert code == 2
+    assert "dataset 'amazon-beauty' not found; looked for" in captured.err
+    assert "bench data import" in captured.err
+
+
+def test_data_import_command(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "seq.txt"
+    source.write_text("1 5 6 7 8 9\n2 5 7 9 6 8\n3 9 8 7 6 5\n")
+    code, captured = _main(
+        monkeypatch,
+        capsys,
+        "data",
+        "import",
+        "--input",
+        str(source),
+        "--name",
+        "mine",
+        "--out",
+        str(tmp_path / "data"),
+    )
+    assert code in (0, None), captured.err
+    assert (tmp_path / "data" / "mine" / "mine.inter").read_text().count("\n") == 16
+
+    source.write_text("1 5 6\n2\n")
+    code, captured = _main(
+        monkeypatch,
+        capsys,
+        "data",
+        "import",
+        "--input",
+        str(source),
+        "--name",
+        "other",
+        "--out",
+        str(tmp_path / "data"),
+    )
+    assert code == 2 and "seq.txt:2" in captured.err
+    assert not (tmp_path / "data" / "other").exists()
+
+
+def test_models_command_lists_name_family_source(monkeypatch, capsys):
+    code, captured = _main(monkeypatch, capsys, "models")
+    assert code in (0, None)
+    assert "SASRec" in captured.out and "sequential" in captured.out and "recbole" in captured.out
+
+
+def test_cpu_device_is_recorded(tiny_sequences):
+    summary = api.run(
+        ["Pop"], "tiny", data_dir=tiny_sequences, out=tiny_sequences / "o", device="cpu"
+    )
+    assert summary.results[0]["environment"]["device"] == "cpu"
+    assert torch.device(summary.results[0]["config"]["device"]).type == "cpu"
