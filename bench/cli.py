@@ -40,6 +40,9 @@ def run(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds")] = "0",
     epochs: Annotated[int | None, typer.Option(help="Override every model's epochs")] = None,
     quick: Annotated[bool, typer.Option(help="Smoke setting: configs/quick.yaml")] = False,
+    tuned: Annotated[
+        bool, typer.Option(help="Use configs/tuned/<dataset>/<Model>.yaml from bench tune")
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
     ] = None,
@@ -60,6 +63,7 @@ def run(
         seeds=_seeds(seeds),
         epochs=epochs,
         quick=quick,
+        tuned=tuned,
         settings=configs.parse_assignments(set_ or []),
         config_files=config or [],
         device=device,

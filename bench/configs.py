@@ -4,12 +4,13 @@
 ``configs/datasets/<name>.yaml``    fields, filtering, split protocol, metrics, cutoffs, validation
                                     metric; harness-only keys sit under a top-level ``bench:`` key
 ``configs/models/<Model>.yaml``     a model's defaults (never the protocol keys above)
+``configs/tuned/<dataset>/<Model>.yaml``  best parameters found by ``bench tune`` (``--tuned``)
 ``configs/suites.yaml``             what ``--models all`` means for each dataset
 ``configs/quick.yaml``              the ``--quick`` smoke setting
 ``configs/protocol-default.yaml``   the protocol of a user's dataset that has no config file
 
-Later files override earlier ones: defaults < dataset < model < quick < ``--config`` files, and
-``--epochs`` / ``--set`` override every file.
+Later files override earlier ones: defaults < dataset < model < tuned < quick < ``--config``
+files, and ``--epochs`` / ``--set`` override every file.
 """
 
 from __future__ import annotations
@@ -143,6 +144,11 @@ def suite(dataset: str) -> list[str]:
     if not models:
         raise BenchError(f"{path} names no suite for {dataset!r} and has no 'default' suite")
     return list(models)
+
+
+def tuned_file(dataset: str, model: str) -> Path:
+    """Where ``bench tune`` exports the best parameters, read by ``bench run --tuned``."""
+    return CONFIG_DIR / "tuned" / dataset / f"{model}.yaml"
 
 
 def defaults_file() -> Path:

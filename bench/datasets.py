@@ -7,8 +7,10 @@ A dataset ``NAME`` is the folder ``NAME/`` holding ``NAME.inter`` (and optionall
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -53,6 +55,21 @@ def locate(
     looked = ", ".join(str(base / name / f"{name}.inter") for base, _ in places)
     hint = f" {how_to_get.strip()}" if how_to_get else ""
     raise BenchError(f"dataset {name!r} not found; looked for {looked}.{hint}")
+
+
+@cache
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of every atomic file of a dataset folder (cached per size and mtime)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {p.name: _file_sha256(p, p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 def check_atomic_header(path: Path, required: list[str]) -> list[str]:

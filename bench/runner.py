@@ -20,9 +20,10 @@ from typing import Any
 
 import recbole_ext  # noqa: F401  (applies the compatibility patches first)
 from bench import configs
-from bench.datasets import check_atomic_header, locate
+from bench.datasets import check_atomic_header, fingerprint, locate
 from bench.environment import environment
 from bench.errors import BenchError
+from bench.results import PER_USER_KEY
 from recbole_ext import registry
 from recbole_ext.data import load_dataset, prepare_data
 from recbole_ext.training import EpochCallback, TrainEpochHook, recording_trainer
@@ -56,6 +57,7 @@ class RunRequest:
     settings: dict[str, Any] = field(default_factory=dict)  # --epochs / --set, highest priority
     config_files: list[Path] = field(default_factory=list)  # --config files
     quick: bool = False
+    tuned: bool = False  # layer configs/tuned/<dataset>/<Model>.yaml over the model defaults
     device: str = "auto"
     data_dir: str | None = None
     cache_dir: Path | None = None
@@ -138,6 +140,13 @@ def prepare(request: RunRequest) -> PreparedRun:
                 "those belong to the dataset config"
             )
         layers.append(model_keys)
+    if request.tuned:
+        tuned = configs.tuned_file(request.dataset, spec.name)
+        if not tuned.is_file():
+            raise BenchError(
+                f"--tuned: no {tuned} for {spec.name} on {request.dataset}; run bench tune first"
+            )
+        layers.append(configs.load_yaml(tuned))
     if request.quick:
         layers.append(configs.load_yaml(configs.quick_file()))
     layers.extend(configs.load_yaml(path) for path in request.config_files)
@@ -255,6 +264,9 @@ def execute(
         t2 = time.perf_counter()
         test_result = trainer.evaluate(test_data, load_best_model=has_checkpoint)
         eval_seconds = time.perf_counter() - t2
+        per_user = dict(trainer.last_per_user)
+        if per_user:
+            per_user["user_id"] = dataset.id2token(dataset.uid_field, per_user["user_id"])
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -301,6 +313,7 @@ def execute(
         },
         "data": {
             "path": str(prepared.data_path / request.dataset),
+            "sha256": fingerprint(prepared.data_path / request.dataset),
             "source": prepared.data_source,
             "cached": cached,
             **counts,
@@ -309,6 +322,7 @@ def execute(
             "test_users": _eval_users(test_data),
         },
         "config": resolved,
+        PER_USER_KEY: per_user,
         "environment": environment(config["device"]),
         "command": command,
         "started_at": started,

@@ -8,6 +8,7 @@ validation result and the time spent are kept, and an optional callback sees eve
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections import defaultdict
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from recbole.evaluator.base_metric import TopkMetric
 from recbole.utils import get_trainer
 
 EpochCallback = Callable[[int, float, dict[str, float]], None]
@@ -67,6 +70,15 @@ class _LossTermAccumulator:
         return means
 
 
+def _per_user_topk(metric: TopkMetric, dataobject: Any) -> np.ndarray:
+    """[n_users, max(topk)] values of a top-k metric; RecBole's metric_info takes the number
+    of positives only for the metrics that need it (Recall, NDCG, MAP)."""
+    pos_index, pos_len = metric.used_info(dataobject)
+    if len(inspect.signature(metric.metric_info).parameters) >= 2:
+        return metric.metric_info(pos_index, pos_len)
+    return metric.metric_info(pos_index)
+
+
 class RecordingMixin:
     """Mixed in before a RecBole trainer class; see the module docstring."""
 
@@ -76,6 +88,44 @@ class RecordingMixin:
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
         self._loss_terms = _LossTermAccumulator(self.model)  # type: ignore[attr-defined]
+        self.last_per_user: dict[str, np.ndarray] = {}
+        self._keep_per_user_values()
+
+    def _keep_per_user_values(self) -> None:
+        """Keep each evaluation's per-user values of every top-k metric (RecBole averages them).
+
+        ``last_per_user`` maps ``"user_id"`` to the evaluated users' internal ids, in evaluation
+        order, and ``"<metric>@<k>"`` to one value per user.
+        """
+        collector, evaluator = self.eval_collector, self.evaluator  # type: ignore[attr-defined]
+        uid_field = self.config["USER_ID_FIELD"]  # type: ignore[attr-defined]
+        batch_collect, evaluate = collector.eval_batch_collect, evaluator.evaluate
+        users: list[np.ndarray] = []
+
+        def eval_batch_collect(scores: Any, interaction: Any, *args: Any) -> None:
+            if uid_field in interaction:
+                users.append(interaction[uid_field].cpu().numpy())
+            batch_collect(scores, interaction, *args)
+
+        def evaluate_keeping_users(dataobject: Any) -> Any:
+            result = evaluate(dataobject)
+            per_user: dict[str, np.ndarray] = {}
+            for name, metric in evaluator.metric_class.items():
+                if isinstance(metric, TopkMetric):
+                    values = _per_user_topk(metric, dataobject)
+                    for k in metric.topk:
+                        per_user[f"{name}@{k}"] = values[:, k - 1].astype(np.float64)
+            evaluated = np.concatenate(users) if users else np.empty(0, dtype=np.int64)
+            users.clear()
+            lengths = {len(v) for v in per_user.values()}
+            if lengths == {len(evaluated)}:  # one row per user (full ranking)
+                self.last_per_user = {"user_id": evaluated, **per_user}
+            else:
+                self.last_per_user = {}
+            return result
+
+        collector.eval_batch_collect = eval_batch_collect
+        evaluator.evaluate = evaluate_keeping_users
 
     def _record(self, epoch: int) -> EpochRecord:
         if not self.epochs_record or self.epochs_record[-1].epoch != epoch:

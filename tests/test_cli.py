@@ -11,6 +11,7 @@ import torch
 from recbole.model.general_recommender import Pop
 
 from bench import api, cli
+from bench.results import read_per_user
 from recbole_ext import registry
 from tests.helpers import TINY, run_cli
 
@@ -44,6 +45,10 @@ def test_run_two_models_on_ml100k_then_resume(tmp_path):
         assert result["command"].startswith("bench run --models Pop,SASRec")
         # full precision, not RecBole's 4 decimals
         assert any(len(repr(v)) > 8 for v in result["test"].values())
+        per_user = read_per_user(out / "runs" / "ml-100k" / model / "seed-0.json")
+        assert len(per_user["user_id"]) == 943 == len(set(per_user["user_id"]))
+        for metric, value in result["test"].items():
+            assert per_user[metric].mean() == pytest.approx(value, abs=1e-12)
     table = pd.read_csv(out / "leaderboard" / "ml-100k.csv")
     assert set(table["model"]) == {"Pop", "SASRec"}
     assert pd.api.types.is_float_dtype(table["test_ndcg@10"])
