@@ -92,18 +92,35 @@ def run(
 def leaderboard_command(
     results: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
     dataset: Annotated[str | None, typer.Option(help="Only this dataset")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Also test every model against this one")
+    ] = None,
 ) -> None:
-    """Rebuild leaderboard/<dataset>.csv and .md from the results folder."""
+    """Rebuild leaderboard/<dataset>.csv, .md, .significance.csv and .provenance.json."""
     from bench import leaderboard
 
     datasets = [dataset] if dataset else leaderboard.datasets_with_results(results)
     if not datasets:
         raise BenchError(f"no results under {results / 'runs'}")
     for name in datasets:
-        written = leaderboard.write(results, name)
+        written = leaderboard.write(results, name, baseline=baseline)
         if written is None:
             raise BenchError(f"no results for dataset {name!r} under {results / 'runs'}")
         typer.echo(f"{name}: {written[0]} and {written[1]}")
+
+
+@app.command()
+def report(
+    dataset: Annotated[str, typer.Option(help="Dataset name")],
+    results: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    baseline: Annotated[
+        str | None, typer.Option(help="Also test every model against this one")
+    ] = None,
+) -> None:
+    """Write a markdown report with figures: <results>/reports/<dataset>/report.md."""
+    from bench.report import write_report
+
+    typer.echo(f"report: {write_report(results, dataset, baseline=baseline)}")
 
 
 @app.command()
@@ -136,6 +153,151 @@ def data_import(
         raise BenchError(f"unknown --format {format!r} (supported: seqtxt)")
     target = import_seqtxt(input, name, out)
     typer.echo(f"wrote {target}")
+
+
+def _final_seeds(text: str) -> list[int]:
+    return [] if text.strip().lower() in ("", "none") else _seeds(text)
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Option(help="Model to tune")],
+    dataset: Annotated[str, typer.Option(help="Dataset name")],
+    trials: Annotated[int, typer.Option(help="Finished trials the study holds in total")],
+    workers: Annotated[int, typer.Option(help="Trials at a time; >1 runs Ray workers")] = 1,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="GPU share per trial (0.25: 4 per GPU); default 1 or 0")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Journal file or database URL [<out>/studies/journal.log]")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name [<Model>-<dataset>]")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Start no trial after S seconds")] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none")] = "median",
+    sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and of every trial")] = 0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Attach to a Ray cluster (needs a database --storage)")
+    ] = None,
+    final_seeds: Annotated[
+        str, typer.Option(help="Seeds to re-run the best config on; 'none' skips")
+    ] = "0,1,2",
+    space: Annotated[
+        Path | None, typer.Option(help="Search space file [configs/search/<Model>.yaml]")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of every trial")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
+    ] = None,
+    config: Annotated[
+        list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
+    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+) -> None:
+    """Search hyperparameters with Optuna; export the best; re-run it over seeds."""
+    from bench import configs
+    from bench.tuning import tune as tune_study
+
+    try:
+        summary = tune_study(
+            model,
+            dataset,
+            trials=trials,
+            workers=workers,
+            gpus_per_trial=gpus_per_trial,
+            storage=storage,
+            study_name=study,
+            timeout=timeout,
+            pruner=pruner,
+            sampler=sampler,
+            seed=seed,
+            ray_address=ray_address,
+            final_seeds=_final_seeds(final_seeds),
+            space=space,
+            settings=configs.parse_assignments(set_ or []),
+            epochs=epochs,
+            config_files=config or [],
+            device=device,
+            data_dir=data_dir,
+            out=out,
+            progress=typer.echo,
+            command=shlex.join(["bench", *sys.argv[1:]]),
+        )
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to continue the study", err=True)
+        raise typer.Exit(130) from None
+    counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items() if n)
+    typer.echo(f"study {summary.study_name!r} in {summary.storage}: {counts}")
+    if summary.best_trial is None:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ablate(
+    model: Annotated[str, typer.Option(help="Model whose variants to compare")],
+    dataset: Annotated[str, typer.Option(help="Dataset name")],
+    grid: Annotated[Path, typer.Option(help="Grid file, e.g. configs/ablations/<Model>.yaml")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds")] = "0,1,2",
+    workers: Annotated[int, typer.Option(help="Runs at a time; >1 runs Ray workers")] = 1,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="GPU share per run (0.25: 4 per GPU); default 1 or 0")
+    ] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Attach to a Ray cluster")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of every run")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
+    ] = None,
+    config: Annotated[
+        list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
+    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+) -> None:
+    """Run every variant of a grid over seeds; write ablations/<dataset>/<Model>.md and .csv."""
+    from bench import configs
+    from bench.tuning import ablate as run_ablation
+
+    summary = run_ablation(
+        model,
+        dataset,
+        grid,
+        seeds=_seeds(seeds),
+        workers=workers,
+        gpus_per_trial=gpus_per_trial,
+        ray_address=ray_address,
+        settings=configs.parse_assignments(set_ or []),
+        epochs=epochs,
+        config_files=config or [],
+        device=device,
+        data_dir=data_dir,
+        out=out,
+        progress=typer.echo,
+        command=shlex.join(["bench", *sys.argv[1:]]),
+    )
+    typer.echo(summary.markdown.read_text(encoding="utf-8"))
+    typer.echo(f"ablation: {summary.csv} and {summary.markdown}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    storage: Annotated[
+        str | None, typer.Option(help="Journal file or database URL [<out>/studies/journal.log]")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    out: Annotated[Path, typer.Option(help="Results folder (for the default storage)")] = Path(
+        "results"
+    ),
+) -> None:
+    """Serve optuna-dashboard on the study storage (learning curves, params, importances)."""
+    from bench.tuning import serve_dashboard
+
+    serve_dashboard(storage, host=host, port=port, out=out, say=typer.echo)
 
 
 def main() -> None:

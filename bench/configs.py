@@ -44,6 +44,7 @@ PROTOCOL_KEYS = frozenset(
         "ITEM_ID_FIELD",
         "TIME_FIELD",
         "exclude_history_items",
+        "heldout_users",
     }
 )
 
@@ -105,6 +106,10 @@ def _names(folder: str) -> list[str]:
 
 def dataset_names() -> list[str]:
     return _names("datasets")
+
+
+def has_dataset_config(name: str) -> bool:
+    return (CONFIG_DIR / "datasets" / f"{name}.yaml").is_file()
 
 
 def dataset_file(name: str, has_data: bool = False) -> Path:

@@ -1,22 +1,65 @@
-"""Leaderboards from per-run results: one row per model, test metrics averaged over seeds.
+"""Leaderboards from per-run results: one row per model, test metrics over seeds.
 
-``<out>/leaderboard/<dataset>.csv`` holds full-precision numbers; ``.md`` a readable table with
-the best value of each metric in bold. Runs that failed are counted, never averaged.
+``<out>/leaderboard/<dataset>.csv``               full precision: mean and std per test metric
+``<out>/leaderboard/<dataset>.md``                mean ± std, best/second best marked, paired
+                                                  significance against the best model (and a
+                                                  baseline), protocol and provenance
+``<out>/leaderboard/<dataset>.significance.csv``  every paired test (see :mod:`bench.stats`)
+``<out>/leaderboard/<dataset>.provenance.json``   what produced the numbers
+
+Runs that failed are counted, never averaged. Rows whose seeds ran with different configs, code
+versions or data files are flagged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.io import write_text
-from bench.results import load_results
+from bench import stats
+from bench.errors import BenchError
+from bench.io import write_json, write_text
+from bench.results import load_results, read_per_user, run_path
 
 _METRIC_ORDER = ("ndcg", "hit", "recall", "mrr", "precision")
+# RecBole's metrics where lower is better (recbole.evaluator: smaller_metrics).
+_SMALLER_IS_BETTER = ("rmse", "mae", "logloss", "averagepopularity", "giniindex")
+_FILTER_KEYS = (
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+    "val_interval",
+    "rm_dup_inter",
+    "filter_inter_by_user_or_item",
+)
+BEST_MARK = "†"
+BASELINE_MARK = "‡"
+
+
+@dataclass
+class Board:
+    """Everything a leaderboard or report shows for one dataset."""
+
+    dataset: str
+    results: list[dict[str, Any]]
+    table: pd.DataFrame
+    significance: pd.DataFrame
+    provenance: dict[str, Any]
+    primary: str | None = None  # the validation metric, ranked on test
+    best: str | None = None
+    baseline: str | None = None
+    alpha: float = stats.ALPHA
+    untested: list[str] = field(default_factory=list)  # models without per-user values
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r.get("status") == "ok"]
 
 
 def _metric_sort_key(name: str) -> tuple[int, int, str]:
@@ -25,28 +68,77 @@ def _metric_sort_key(name: str) -> tuple[int, int, str]:
     return (rank, int(k) if k.isdigit() else 0, base)
 
 
+def bigger_is_better(metric: str) -> bool:
+    return metric.partition("@")[0].lower() not in _SMALLER_IS_BETTER
+
+
+def metric_names(table: pd.DataFrame) -> list[str]:
+    """The test metrics of a table (``ndcg@10``...), in display order."""
+    return [
+        c.removeprefix("test_")
+        for c in table.columns
+        if c.startswith("test_") and not c.endswith("_std")
+    ]
+
+
+def data_digest(sha256: dict[str, str] | None) -> str | None:
+    """One short fingerprint of a dataset folder from its per-file sha256."""
+    if not sha256:
+        return None
+    blob = "\n".join(f"{name} {digest}" for name, digest in sorted(sha256.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def _row_flags(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    hashes = _distinct([r.get("config_hash") for r in ok])
+    commits = _distinct([(r.get("environment") or {}).get("git_commit") for r in ok])
+    digests = _distinct([data_digest((r.get("data") or {}).get("sha256")) for r in ok])
+    flags = {
+        "mixed_config": len(hashes) > 1,
+        "mixed_commit": len(commits) > 1,
+        "mixed_data": len(digests) > 1,
+    }
+    return {
+        **flags,
+        "flags": " ".join(k.replace("_", "-") for k, v in flags.items() if v),
+        "config_hash": ",".join(str(h) for h in hashes if h is not None),
+    }
+
+
 def build(results: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per model: seeds, failures, mean test metrics, mean best epoch and train time."""
+    """One row per model: seeds, failures, flags, mean and std of each test metric over seeds,
+    mean best epoch and training time."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         by_model[result["model"]].append(result)
     rows = []
     for model, runs in by_model.items():
-        ok = [r for r in runs if r.get("status") == "ok"]
+        ok = sorted((r for r in runs if r.get("status") == "ok"), key=lambda r: r["seed"])
         row: dict[str, Any] = {
             "model": model,
             "family": ok[0].get("family") if ok else None,
             "seeds": len(ok),
             "failed": len(runs) - len(ok),
             "quick": any(r.get("quick") for r in ok),
-            "mixed_config": len({r.get("config_hash") for r in ok}) > 1,
+            **_row_flags(ok),
         }
         if ok:
-            metrics = pd.DataFrame([r["test"] for r in ok])
-            row.update({f"test_{k}": v for k, v in metrics.mean().items()})
-            epochs = [r["best_epoch"] for r in ok if r.get("best_epoch") is not None]
-            row["best_epoch"] = sum(epochs) / len(epochs) if epochs else None
-            row["train_seconds"] = sum(r["timing"]["train_seconds"] for r in ok) / len(ok)
+            metrics = sorted({m for r in ok for m in r["test"]}, key=_metric_sort_key)
+            for metric in metrics:
+                mean, std, _ = stats.mean_std(r["test"].get(metric) for r in ok)
+                row[f"test_{metric}"] = mean
+                row[f"test_{metric}_std"] = std
+            row["best_epoch"] = stats.mean_std(r.get("best_epoch") for r in ok)[0]
+            train = stats.mean_std(r["timing"]["train_seconds"] for r in ok)
+            row["train_seconds"], row["train_seconds_std"] = train[0], train[1]
             row["valid_metric"] = ok[0].get("valid_metric")
         else:
             row["error"] = runs[-1].get("error", {}).get("message", "")
@@ -54,77 +146,499 @@ def build(results: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     metric_cols = sorted(
         (c for c in table.columns if c.startswith("test_")),
-        key=lambda c: _metric_sort_key(c[len("test_") :]),
+        key=lambda c: (*_metric_sort_key(c.removeprefix("test_").removesuffix("_std")), c),
     )
-    fixed = ["model", "family", "seeds", "failed", "quick", "mixed_config"]
-    tail = [c for c in ("best_epoch", "train_seconds", "valid_metric", "error") if c in table]
-    table = table[fixed + metric_cols + tail]
+    fixed = ["model", "family", "seeds", "failed", "quick", "mixed_config", "mixed_commit"]
+    fixed += ["mixed_data", "flags", "config_hash"]
+    tail = ["best_epoch", "train_seconds", "train_seconds_std", "valid_metric", "error"]
+    table = table[fixed + metric_cols + [c for c in tail if c in table]]
     sort_col = _sort_column(table, results)
     if sort_col is not None:
-        table = table.sort_values(sort_col, ascending=False, na_position="last")
+        ascending = not bigger_is_better(sort_col.removeprefix("test_"))
+        table = table.sort_values(sort_col, ascending=ascending, na_position="last")
     return table.reset_index(drop=True)
 
 
-def _sort_column(table: pd.DataFrame, results: list[dict[str, Any]]) -> str | None:
+def _primary_metric(results: list[dict[str, Any]]) -> str | None:
     valid_metrics = [r.get("valid_metric") for r in results if r.get("valid_metric")]
-    if valid_metrics and f"test_{valid_metrics[0]}" in table:
-        return f"test_{valid_metrics[0]}"
-    metric_cols = [c for c in table.columns if c.startswith("test_")]
-    return metric_cols[0] if metric_cols else None
+    return Counter(valid_metrics).most_common(1)[0][0] if valid_metrics else None
 
 
-def to_markdown(table: pd.DataFrame, dataset: str) -> str:
-    """The table as GitHub markdown, the best value of each test metric in bold."""
-    metric_cols = [c for c in table.columns if c.startswith("test_")]
-    shown = ["model", "family", "seeds", *metric_cols, "best_epoch", "train_seconds"]
-    shown = [c for c in shown if c in table.columns]
-    best = {c: table[c].max() for c in metric_cols}
-    header = [c.removeprefix("test_") for c in shown]
-    lines = [
-        f"# Leaderboard: {dataset}",
-        "",
-        "Test metrics, mean over seeds; best in bold. Model selection on the validation metric.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if c in ("model", "family") else "---:" for c in shown) + "|",
-    ]
-    for _, row in table.iterrows():
-        cells = []
-        for col in shown:
-            value = row[col]
-            if pd.isna(value):
-                cells.append("")
-            elif col in metric_cols:
-                text = f"{value:.4f}"
-                cells.append(f"**{text}**" if value == best[col] else text)
-            elif col in ("best_epoch", "train_seconds"):
-                cells.append(f"{value:.1f}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = []
-    if table["quick"].any():
-        notes.append("Rows from `--quick` smoke runs are not comparable with full runs.")
-    if table["mixed_config"].any():
-        models = ", ".join(table.loc[table["mixed_config"], "model"])
-        notes.append(f"Seeds of {models} ran with different configs; their mean mixes them.")
-    if table["failed"].any():
-        failed = table.loc[table["failed"] > 0]
-        notes.extend(f"{r.model}: {r.failed} failed run(s)." for r in failed.itertuples())
-    if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
+def _sort_column(table: pd.DataFrame, results: list[dict[str, Any]]) -> str | None:
+    primary = _primary_metric(results)
+    if primary and f"test_{primary}" in table:
+        return f"test_{primary}"
+    metrics = metric_names(table)
+    return f"test_{metrics[0]}" if metrics else None
 
 
-def write(out: str | os.PathLike, dataset: str) -> tuple[Path, Path] | None:
-    """Write ``<out>/leaderboard/<dataset>.csv`` and ``.md``; None if there are no results."""
+# --- per-user values and significance ---------------------------------------------------------
+
+
+def per_user_values(out: str | os.PathLike, dataset: str, results: list[dict[str, Any]]):
+    """Each model's per-user test values averaged over its seeds (index: raw user id)."""
+    frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    for r in results:
+        if r.get("status") != "ok" or not r.get("per_user_file"):
+            continue
+        data = read_per_user(run_path(out, dataset, r["model"], r["seed"]))
+        if not data or "user_id" not in data:
+            continue
+        columns = {k: v for k, v in data.items() if "@" in k}
+        frame = pd.DataFrame(columns, index=pd.Index(data["user_id"].astype(str), name="user"))
+        frames[r["model"]].append(frame)
+    return {model: stats.average_over_seeds(seeds) for model, seeds in frames.items()}
+
+
+def compute(
+    out: str | os.PathLike,
+    dataset: str,
+    baseline: str | None = None,
+    alpha: float = stats.ALPHA,
+) -> Board | None:
+    """The leaderboard, significance tests and provenance of ``dataset``; None if no results.
+
+    Raises :class:`BenchError` when ``baseline`` names no model with a successful run.
+    """
     results = load_results(out, dataset)
     if not results:
         return None
     table = build(results)
+    if baseline is not None:
+        ok_models = list(table.loc[table["seeds"] > 0, "model"])
+        if baseline not in ok_models:
+            known = ", ".join(sorted(set(table["model"])))
+            why = "has no successful run" if baseline in set(table["model"]) else "is unknown"
+            raise BenchError(
+                f"baseline {baseline!r} {why} for dataset {dataset!r} (models: {known})"
+            )
+    primary = _primary_metric(results)
+    ranked = table[table["seeds"] > 0]
+    if primary and f"test_{primary}" in table:
+        ranked = ranked[ranked[f"test_{primary}"].notna()]
+    best = str(ranked.iloc[0]["model"]) if len(ranked) else None
+    references = [(best, "best")] if best else []
+    if baseline and baseline != best:
+        references.append((baseline, "baseline"))
+    per_user = per_user_values(out, dataset, results)
+    metrics = [m for m in metric_names(table) if any(m in f for f in per_user.values())]
+    if primary in metrics:  # the tested metric first
+        metrics.remove(primary)
+        metrics.insert(0, primary)
+    significance = stats.compare(per_user, references, metrics, alpha)
+    untested = [m for m in ranked["model"] if m not in per_user]
+    board = Board(
+        dataset=dataset,
+        results=results,
+        table=table,
+        significance=significance,
+        provenance={},
+        primary=primary,
+        best=best,
+        baseline=baseline,
+        alpha=alpha,
+        untested=untested,
+    )
+    board.provenance = provenance(board)
+    return board
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+
+def protocol(result: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation protocol a run followed, from its resolved config."""
+    config = result.get("config") or {}
+    eval_args = config.get("eval_args") or {}
+    return {
+        "split": eval_args.get("split"),
+        "order": eval_args.get("order"),
+        "group_by": eval_args.get("group_by"),
+        "mode": eval_args.get("mode"),
+        "filters": {k: config.get(k) for k in _FILTER_KEYS},
+        "max_sequence_length": config.get("MAX_ITEM_LIST_LENGTH"),
+        "exclude_history_items": config.get("exclude_history_items"),
+        "valid_metric": result.get("valid_metric"),
+        "metrics": config.get("metrics"),
+        "topk": config.get("topk"),
+        "eval_user_limit": config.get("eval_user_limit"),
+    }
+
+
+def provenance(board: Board) -> dict[str, Any]:
+    """What produced the numbers: protocol, data, configs, code, packages, hardware, dates."""
+    ok = board.ok
+    protocols = _distinct([protocol(r) for r in ok])
+    fingerprints = []
+    for digest in _distinct([data_digest((r.get("data") or {}).get("sha256")) for r in ok]):
+        run = next(r for r in ok if data_digest((r.get("data") or {}).get("sha256")) == digest)
+        data = run.get("data") or {}
+        fingerprints.append(
+            {
+                "digest": digest,
+                "sha256": data.get("sha256"),
+                "users": data.get("users"),
+                "items": data.get("items"),
+                "interactions": data.get("interactions"),
+                "source": data.get("source"),
+                "models": sorted(
+                    {
+                        r["model"]
+                        for r in ok
+                        if data_digest((r.get("data") or {}).get("sha256")) == digest
+                    }
+                ),
+            }
+        )
+    packages: dict[str, list[str]] = defaultdict(list)
+    for r in ok:
+        for name, version in ((r.get("environment") or {}).get("packages") or {}).items():
+            if version is not None and version not in packages[name]:
+                packages[name].append(version)
+    hardware = []
+    for r in ok:
+        env = r.get("environment") or {}
+        key = {k: env.get(k) for k in ("device", "device_name", "cpu_count", "platform")}
+        entry = next((h for h in hardware if h["machine"] == key), None)
+        if entry is None:
+            entry = {"machine": key, "models": []}
+            hardware.append(entry)
+        if r["model"] not in entry["models"]:
+            entry["models"].append(r["model"])
+    finished = sorted(r["finished_at"] for r in ok if r.get("finished_at"))
+    models: dict[str, Any] = {}
+    for row in board.table.itertuples(index=False):
+        runs = sorted((r for r in ok if r["model"] == row.model), key=lambda r: r["seed"])
+        done = sorted(r["finished_at"] for r in runs if r.get("finished_at"))
+        models[row.model] = {
+            "seeds": [r["seed"] for r in runs],
+            "failed": int(row.failed),
+            "config_hashes": _distinct([r.get("config_hash") for r in runs]),
+            "git_commits": _distinct(
+                [(r.get("environment") or {}).get("git_commit") for r in runs]
+            ),
+            "data_digests": _distinct(
+                [data_digest((r.get("data") or {}).get("sha256")) for r in runs]
+            ),
+            "flags": row.flags.split() if row.flags else [],
+            "quick": bool(row.quick),
+            "first_finished_at": done[0] if done else None,
+            "last_finished_at": done[-1] if done else None,
+        }
+    return {
+        "dataset": board.dataset,
+        "protocol": protocols[0] if len(protocols) == 1 else None,
+        "protocols": protocols if len(protocols) > 1 else [],
+        "dataset_fingerprints": fingerprints,
+        "models": models,
+        "git_commits": _distinct([(r.get("environment") or {}).get("git_commit") for r in ok]),
+        "packages": dict(packages),
+        "python": _distinct([(r.get("environment") or {}).get("python") for r in ok]),
+        "hardware": hardware,
+        "runs": {
+            "ok": len(ok),
+            "failed": len(board.results) - len(ok),
+            "first_finished_at": finished[0] if finished else None,
+            "last_finished_at": finished[-1] if finished else None,
+        },
+        "statistics": {
+            "aggregation": "mean and sample standard deviation (ddof=1) over seeds",
+            "pairing": "by user id; users evaluated for both models; "
+            "each user's value averaged over a model's seeds first",
+            "tests": "two-sided Wilcoxon signed-rank (zero differences dropped; decides the "
+            "markers) and paired t-test",
+            "correction": "Holm, over the models compared with the same reference on the same "
+            "metric with the same test",
+            "alpha": board.alpha,
+            "effect_sizes": "rank-biserial correlation (Wilcoxon), Cohen's d_z (t-test), "
+            "on model - reference",
+            "primary_metric": board.primary,
+            "metrics_tested": sorted(set(board.significance["metric"]), key=_metric_sort_key),
+            "best": board.best,
+            "baseline": board.baseline,
+            "untested_models": board.untested,
+        },
+    }
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _p(value: float) -> str:
+    return "" if math.isnan(value) else (f"{value:.2e}" if value < 1e-3 else f"{value:.4f}")
+
+
+def _ranks(values: pd.Series, bigger: bool) -> tuple[float | None, float | None]:
+    """The best and the second-best distinct value of a column."""
+    distinct = sorted(values.dropna().unique(), reverse=bigger)
+    return (
+        distinct[0] if distinct else None,
+        distinct[1] if len(distinct) > 1 else None,
+    )
+
+
+def _significant(board: Board, role: str) -> set[tuple[str, str]]:
+    sig = board.significance
+    if sig.empty:
+        return set()
+    hits = sig[(sig["test"] == "wilcoxon") & (sig["role"] == role) & sig["significant"]]
+    return set(zip(hits["model"], hits["metric"], strict=True))
+
+
+def table_markdown(board: Board) -> str:
+    """The leaderboard table with its caption and notes."""
+    table = board.table
+    metrics = metric_names(table)
+    shown = ["model", "family", "seeds", *metrics, "best_epoch", "train_seconds", "config"]
+    header = [c if c != "train_seconds" else "train_s" for c in shown]
+    marks = {
+        BEST_MARK: _significant(board, "best"),
+        BASELINE_MARK: _significant(board, "baseline"),
+    }
+    ranks = {m: _ranks(table[f"test_{m}"], bigger_is_better(m)) for m in metrics}
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append(
+        "|" + "|".join("---" if c in ("model", "family", "config") else "---:" for c in shown) + "|"
+    )
+    for _, row in table.iterrows():
+        cells = []
+        for col in shown:
+            if col in metrics:
+                mean, std = row[f"test_{col}"], row[f"test_{col}_std"]
+                if pd.isna(mean):
+                    cells.append("")
+                    continue
+                text = f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+                best, second = ranks[col]
+                if mean == best:
+                    text = f"**{text}**"
+                elif mean == second:
+                    text = f"_{text}_"
+                text += "".join(m for m, hits in marks.items() if (row["model"], col) in hits)
+                cells.append(text)
+            elif col == "config":
+                cells.append(f"`{row['config_hash']}`" if row["config_hash"] else "")
+            elif col in ("best_epoch", "train_seconds"):
+                cells.append(_fmt(row.get(col), 1))
+            else:
+                cells.append(_fmt(row[col]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*_caption(board), "", *lines, *_notes(board)])
+
+
+def _caption(board: Board) -> list[str]:
+    ranked_on = f"ranked by test {board.primary}" if board.primary else "ranked"
+    text = (
+        "Test metrics: mean ± sample standard deviation over seeds (the `seeds` column; no ± for "
+        "a single seed). Per column, **bold** is the best and _italics_ the second best. Models "
+        f"are selected (best epoch) on validation {board.primary or 'metric'} and {ranked_on}. "
+        "`config`: the row's config hash."
+    )
+    if board.best:
+        text += (
+            f" {BEST_MARK}: significantly different from the best model, {board.best} "
+            f"(paired Wilcoxon signed-rank test on per-user values, Holm-adjusted, "
+            f"alpha {board.alpha})."
+        )
+    if board.baseline and board.baseline != board.best:
+        text += f" {BASELINE_MARK}: significantly different from the baseline, {board.baseline}."
+    elif board.baseline:
+        text += f" The baseline, {board.baseline}, is the best model."
+    return [text]
+
+
+def _notes(board: Board) -> list[str]:
+    table = board.table
+    notes = []
+    if table["quick"].any():
+        notes.append("Rows from `--quick` smoke runs are not comparable with full runs.")
+    for row in table.itertuples(index=False):
+        if row.mixed_config:
+            notes.append(
+                f"Seeds of {row.model} ran with different configs ({row.config_hash}); "
+                "their mean mixes them."
+            )
+        model = board.provenance.get("models", {}).get(row.model, {})
+        if row.mixed_commit:
+            commits = ", ".join(str(c) for c in model.get("git_commits", []))
+            notes.append(f"Seeds of {row.model} ran on different code versions ({commits}).")
+        if row.mixed_data:
+            digests = ", ".join(str(d) for d in model.get("data_digests", []))
+            notes.append(f"Seeds of {row.model} ran on different data files ({digests}).")
+    if len(board.provenance.get("dataset_fingerprints", [])) > 1:
+        notes.append(
+            "Rows ran on different data files (see the dataset fingerprints below); "
+            "they are not comparable."
+        )
+    if board.provenance.get("protocols"):
+        notes.append("Rows followed different protocols (see below); they are not comparable.")
+    if board.untested:
+        notes.append(
+            f"No per-user values stored for {', '.join(board.untested)}: not tested for "
+            "significance."
+        )
+    if table["failed"].any():
+        failed = table.loc[table["failed"] > 0]
+        notes.extend(f"{r.model}: {r.failed} failed run(s)." for r in failed.itertuples())
+    return ["", *[f"- {n}" for n in notes]] if notes else []
+
+
+def significance_markdown(
+    board: Board, metrics: list[str] | None = None, csv_name: str | None = None
+) -> str:
+    """The paired tests of ``metrics`` (default: the primary metric) as a markdown table;
+    ``csv_name`` is where the full table lies (default: the leaderboard's CSV)."""
+    sig = board.significance
+    metrics = metrics or ([board.primary] if board.primary else [])
+    intro = (
+        "Paired tests on per-user test values: users paired by id (those evaluated for both "
+        "models), each user's value averaged over a model's seeds first. Two-sided Wilcoxon "
+        "signed-rank test (zero differences dropped; it decides the markers) and paired t-test; "
+        "p-values Holm-adjusted over the models compared with the same reference on the same "
+        f"metric and test; alpha {board.alpha}. Differences and effect sizes are model minus "
+        "reference: rank-biserial correlation r (Wilcoxon) and Cohen's d_z (t-test). "
+        f"All metric@k: `{csv_name or board.dataset + '.significance.csv'}`."
+    )
+    rows = sig[sig["metric"].isin(metrics)] if not sig.empty else sig
+    if rows.empty:
+        return intro + "\n\nNo tests: fewer than two models with per-user values."
+    header = (
+        "| model | reference | metric | n users | mean diff | Wilcoxon W | p | p Holm | r "
+        "| t | p | p Holm | d |"
+    )
+    lines = [intro, "", header, "|---|---|---|" + "---:|" * 10]
+    wil = rows[rows["test"] == "wilcoxon"].set_index(["model", "reference", "metric"])
+    tt = rows[rows["test"] == "t"].set_index(["model", "reference", "metric"])
+    for key, w in wil.iterrows():
+        t = tt.loc[key]
+        model, reference, metric = key
+        role = f" ({w['role']})"
+        star = " *" if w["significant"] else ""
+        lines.append(
+            f"| {model} | {reference}{role} | {metric} | {w['n_users']} | "
+            f"{w['mean_diff']:+.4f} | {_fmt(w['statistic'], 1)} | {_p(w['p_value'])} | "
+            f"{_p(w['p_holm'])}{star} | {w['effect_size']:+.3f} | {_fmt(t['statistic'], 2)} | "
+            f"{_p(t['p_value'])} | {_p(t['p_holm'])}{' *' if t['significant'] else ''} | "
+            f"{_fmt(t['effect_size'], 3)} |"
+        )
+    lines += ["", f"\\* Holm-adjusted p < {board.alpha}."]
+    return "\n".join(lines)
+
+
+def _describe_protocol(p: dict[str, Any]) -> str:
+    split = p.get("split") or {}
+    split_text = ", ".join(f"{k} {v}" for k, v in split.items()) if split else "?"
+    if split == {"LS": "valid_and_test"}:
+        split_text += " (leave-one-out: last item test, second-last validation)"
+    order = {"TO": "by time", "RO": "random"}.get(p.get("order") or "", "")
+    mode = p.get("mode")
+    mode_text = (
+        ", ".join(f"{k}: {v}" for k, v in mode.items()) if isinstance(mode, dict) else str(mode)
+    )
+    filters = {k: v for k, v in (p.get("filters") or {}).items() if v not in (None, False)}
+    filter_text = ", ".join(f"{k}={v}" for k, v in filters.items()) or "none"
+    excluded = "yes" if p.get("exclude_history_items") else "no"
+    parts = [
+        f"split {split_text}",
+        f"order {p.get('order')}{f' ({order})' if order else ''}",
+        f"grouped by {p.get('group_by')}",
+        f"ranking {mode_text} ('full' ranks every item)",
+        f"filters: {filter_text}",
+        f"max sequence length {p.get('max_sequence_length')} (sequential models)",
+        f"history items excluded from the ranking: {excluded}",
+        f"validation metric {p.get('valid_metric')}",
+        f"metrics {', '.join(p.get('metrics') or [])} at {p.get('topk')}",
+    ]
+    if p.get("eval_user_limit"):
+        parts.append(f"evaluated on {p['eval_user_limit']} sampled users")
+    return "; ".join(parts)
+
+
+def provenance_markdown(board: Board, json_name: str | None = None) -> str:
+    """Protocol, data, runs, code, packages, hardware and config hashes as a bullet list."""
+    prov = board.provenance
+    lines = []
+    if prov.get("protocol"):
+        lines.append(f"- Protocol: {_describe_protocol(prov['protocol'])}.")
+    for i, p in enumerate(prov.get("protocols") or []):
+        models = sorted({r["model"] for r in board.ok if protocol(r) == p})
+        lines.append(f"- Protocol {i + 1} ({', '.join(models)}): {_describe_protocol(p)}.")
+    for fp in prov.get("dataset_fingerprints", []):
+        files = ", ".join(f"{n} {h[:12]}" for n, h in sorted((fp.get("sha256") or {}).items()))
+        who = f" ({', '.join(fp['models'])})" if len(prov["dataset_fingerprints"]) > 1 else ""
+        lines.append(
+            f"- Dataset{who}: fingerprint `{fp['digest']}` (sha256 of the files: {files}); "
+            f"{fp.get('users')} users, {fp.get('items')} items, "
+            f"{fp.get('interactions')} interactions; from {fp.get('source')}."
+        )
+    runs = prov.get("runs", {})
+    lines.append(
+        f"- Runs: {runs.get('ok', 0)} successful, {runs.get('failed', 0)} failed; finished "
+        f"between {runs.get('first_finished_at')} and {runs.get('last_finished_at')}."
+    )
+    commits = ", ".join(f"`{c}`" for c in prov.get("git_commits", []))
+    lines.append(f"- Code: commit {commits or 'unknown'}.")
+    packages = ", ".join(f"{k} {'/'.join(v)}" for k, v in prov.get("packages", {}).items())
+    python = "/".join(str(v) for v in prov.get("python", []))
+    lines.append(f"- Packages: {packages}; Python {python}.")
+    for h in prov.get("hardware", []):
+        m = h["machine"]
+        who = f" ({', '.join(h['models'])})" if len(prov["hardware"]) > 1 else ""
+        lines.append(
+            f"- Hardware{who}: {m.get('device')} ({m.get('device_name')}), "
+            f"{m.get('cpu_count')} CPUs, {m.get('platform')}."
+        )
+    hashes = "; ".join(
+        f"{model} `{', '.join(str(h) for h in info['config_hashes'])}`"
+        for model, info in prov.get("models", {}).items()
+        if info["config_hashes"]
+    )
+    lines.append(f"- Config hashes: {hashes}.")
+    lines.append(f"- Full record: `{json_name or board.dataset + '.provenance.json'}`.")
+    return "\n".join(lines)
+
+
+def to_markdown(board: Board) -> str:
+    """The leaderboard document: table, significance, provenance."""
+    parts = [
+        f"# Leaderboard: {board.dataset}",
+        "",
+        table_markdown(board),
+        "",
+        f"## Significance ({board.primary})" if board.primary else "## Significance",
+        "",
+        significance_markdown(board),
+        "",
+        "## Provenance",
+        "",
+        provenance_markdown(board),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write(
+    out: str | os.PathLike, dataset: str, baseline: str | None = None
+) -> tuple[Path, Path] | None:
+    """Write ``<out>/leaderboard/<dataset>.csv``, ``.md``, ``.significance.csv`` and
+    ``.provenance.json``; return the CSV and markdown paths, or None if there are no results."""
+    board = compute(out, dataset, baseline)
+    if board is None:
+        return None
     folder = Path(out) / "leaderboard"
-    csv_path = write_text(folder / f"{dataset}.csv", table.to_csv(index=False))
-    md_path = write_text(folder / f"{dataset}.md", to_markdown(table, dataset))
+    csv_path = write_text(folder / f"{dataset}.csv", board.table.to_csv(index=False))
+    write_text(folder / f"{dataset}.significance.csv", board.significance.to_csv(index=False))
+    write_json(folder / f"{dataset}.provenance.json", board.provenance)
+    md_path = write_text(folder / f"{dataset}.md", to_markdown(board))
     return csv_path, md_path
 
 

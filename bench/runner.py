@@ -13,7 +13,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,14 @@ from bench.environment import environment
 from bench.errors import BenchError
 from bench.results import PER_USER_KEY
 from recbole_ext import registry
-from recbole_ext.data import load_dataset, prepare_data
-from recbole_ext.training import EpochCallback, TrainEpochHook, recording_trainer
+from recbole_ext.data import fold_in, load_dataset, prepare_data
+from recbole_ext.training import (
+    EpochCallback,
+    TrainEpochHook,
+    needs_pretraining,
+    pretrain,
+    recording_trainer,
+)
 
 RESULT_SCHEMA = 1
 
@@ -70,6 +76,7 @@ class PreparedRun:
     request: RunRequest
     spec: registry.ModelSpec
     config_dict: dict[str, Any]
+    data_name: str  # the RecBole dataset (folder and file prefix) the files come from
     data_path: Path
     data_source: str
     known_keys: set[str]
@@ -124,11 +131,16 @@ def prepare(request: RunRequest) -> PreparedRun:
         spec = registry.get(request.model)
     except registry.UnknownModelError as exc:
         raise BenchError(str(exc)) from exc
-    try:
-        found = locate(request.dataset, request.data_dir)
-    except BenchError:
-        found = None
+    has_config = configs.has_dataset_config(request.dataset)
+    found = None
+    if not has_config:  # a user's own data folder runs under the default protocol
+        try:
+            found = locate(request.dataset, request.data_dir)
+        except BenchError:
+            found = None
     dataset_keys, harness = configs.dataset_settings(request.dataset, has_data=found is not None)
+    # A protocol variant (ml-1m-strong) reads the files of another dataset (ml-1m).
+    data_name = str(harness.get("data", request.dataset))
     layers: list[dict[str, Any]] = [configs.load_yaml(configs.defaults_file()), dataset_keys]
     model_path = model_defaults_file(spec)
     if model_path is not None:
@@ -170,17 +182,26 @@ def prepare(request: RunRequest) -> PreparedRun:
     if int(config_dict.get("epochs", 1)) < 1:
         raise BenchError(f"epochs must be at least 1, got {config_dict['epochs']}")
 
-    location = found or locate(request.dataset, request.data_dir, harness.get("how_to_get", ""))
-    inter = location.folder(request.dataset) / f"{request.dataset}.inter"
-    required = [
-        config_dict.get("USER_ID_FIELD", "user_id"),
-        config_dict.get("ITEM_ID_FIELD", "item_id"),
-    ]
-    order = (config_dict.get("eval_args") or {}).get("order")
-    if order == "TO":
-        required.append(config_dict.get("TIME_FIELD", "timestamp"))
+    location = found or locate(data_name, request.data_dir, harness.get("how_to_get", ""))
+    inter = location.folder(data_name) / f"{data_name}.inter"
+    load_col = (config_dict.get("load_col") or {}).get("inter")
+    required = (
+        list(load_col)
+        if load_col
+        else [
+            config_dict.get("USER_ID_FIELD", "user_id"),
+            config_dict.get("ITEM_ID_FIELD", "item_id"),
+        ]
+    )
     check_atomic_header(inter, required)
-    return PreparedRun(request, spec, config_dict, location.data_path, location.source, known)
+    if config_dict.get("heldout_users") and spec.family == "sequential":
+        raise BenchError(
+            f"{request.dataset} holds out whole users (strong generalization), which needs a "
+            f"general model; {spec.name} is sequential"
+        )
+    return PreparedRun(
+        request, spec, config_dict, data_name, location.data_path, location.source, known
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -237,25 +258,37 @@ def execute(
         t0 = time.perf_counter()
         config_dict = dict(prepared.config_dict)
         config_dict.update(data_path=str(prepared.data_path), checkpoint_dir=str(checkpoint_dir))
-        config = Config(model=prepared.spec.cls, dataset=request.dataset, config_dict=config_dict)
+        config = Config(
+            model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
+        )
         init_seed(config["seed"], config["reproducibility"])
         try:
             dataset, cached = load_dataset(config, request.cache_dir)
         except (ValueError, KeyError, IndexError) as exc:
-            folder = prepared.data_path / request.dataset
+            folder = prepared.data_path / prepared.data_name
             raise BenchError(f"malformed data in {folder}: {type(exc).__name__}: {exc}") from exc
         counts = {
             "users": int(dataset.user_num - 1),  # RecBole counts the padding id
             "items": int(dataset.item_num - 1),
             "interactions": int(dataset.inter_num),
         }
-        train_data, valid_data, test_data = prepare_data(config, dataset)
-        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        model = prepared.spec.cls(config, train_data._dataset).to(config["device"])
+        prepared_data = prepare_data(config, dataset)
+        train_data, valid_data, test_data = prepared_data
         data_seconds = time.perf_counter() - t0
 
-        trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)
         t1 = time.perf_counter()
+        pretrain_records: list = []
+        if needs_pretraining(config):
+            pretrained, pretrain_records = pretrain(config, prepared.spec.cls, train_data)
+            config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
+            config = Config(
+                model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
+            )
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = prepared.spec.cls(config, train_data._dataset).to(config["device"])
+        if prepared_data.fold_in is not None:
+            fold_in(model, prepared_data.fold_in)
+        trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=True, show_progress=bool(config["show_progress"])
         )
@@ -293,18 +326,8 @@ def execute(
         "best_valid_score": None if best_valid_score is None else float(best_valid_score),
         "valid": _metrics(best_valid_result),
         "test": _metrics(test_result),
-        "epochs": [
-            {
-                "epoch": r.epoch,
-                "train_loss": r.train_loss,
-                "loss_terms": r.loss_terms,
-                "valid_score": r.valid_score,
-                "valid": r.valid_result,
-                "train_seconds": r.train_seconds,
-                "valid_seconds": r.valid_seconds,
-            }
-            for r in records
-        ],
+        "epochs": [asdict(r) for r in records],
+        "pretrain_epochs": [asdict(r) for r in pretrain_records],
         "timing": {
             "data_seconds": data_seconds,
             "train_seconds": train_seconds,
@@ -312,8 +335,8 @@ def execute(
             "total_seconds": data_seconds + train_seconds + eval_seconds,
         },
         "data": {
-            "path": str(prepared.data_path / request.dataset),
-            "sha256": fingerprint(prepared.data_path / request.dataset),
+            "path": str(prepared.data_path / prepared.data_name),
+            "sha256": fingerprint(prepared.data_path / prepared.data_name),
             "source": prepared.data_source,
             "cached": cached,
             **counts,

@@ -202,9 +202,15 @@ def _checkpoint_state(trainer: Any, epoch: int) -> dict:
         "cur_step": int(trainer.cur_step),
         "best_valid_score": float(trainer.best_valid_score),
         "state_dict": trainer.model.state_dict(),
-        "other_parameter": trainer.model.other_parameter(),
+        "other_parameter": _tensor_values(trainer.model.other_parameter()),
         "optimizer": trainer.optimizer.state_dict(),
     }
+
+
+def _tensor_values(parameters: dict) -> dict:
+    # Non-tensor "other parameters" (EASE's and ItemKNN's SciPy matrices) are derived from the
+    # data when the model is built and never trained; the model in memory keeps them.
+    return {k: v for k, v in parameters.items() if isinstance(v, torch.Tensor | int | float)}
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
@@ -259,6 +265,13 @@ def _patch_trainer() -> None:
             self, eval_data, load_best_model=False, show_progress=show_progress
         )
 
+    def save_pretrained_model(self: Any, epoch: int, saved_model_file: str) -> None:
+        state = _checkpoint_state(self, epoch)
+        del state["best_valid_score"]  # pre-training does not validate
+        torch.save(state, saved_model_file)
+        self.saved_model_file = saved_model_file
+
+    trainer_module.PretrainTrainer.save_pretrained_model = save_pretrained_model
     Trainer._save_checkpoint = _save_checkpoint
     Trainer.resume_checkpoint = resume_checkpoint
     Trainer.evaluate = evaluate

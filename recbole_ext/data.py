@@ -12,6 +12,12 @@ Harness keys read here (defaults in ``configs/defaults.yaml``):
 - ``exclude_history_items``: for sequential models, rank no item the user interacted with before
   the evaluated target (RecBole does this for general models only). The history is the user's
   whole time-ordered sequence before the target, not the truncated ``MAX_ITEM_LIST_LENGTH`` input.
+- ``heldout_users``: strong generalization (Liang et al., WWW 2018), e.g.
+  ``{valid: 600, test: 600, fold_in: 0.8, seed: 0}``. Whole users are held out for validation
+  and test and never trained on; each held-out user's interactions are split at random into a
+  fold-in part (``fold_in``) the model encodes at evaluation and a part to predict; fold-in
+  items are excluded from the ranking; held-out interactions with items no training user has
+  are dropped. ``None`` keeps RecBole's own split (``eval_args``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,13 +201,135 @@ def _exclude_history(loader: Any, history: sp.csr_matrix) -> None:
     loader.collate_fn = collate_with_history
 
 
-def prepare_data(config: Any, dataset: Any) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True)
+class HeldOut:
+    """The strong-generalization settings (``heldout_users``)."""
+
+    valid: int
+    test: int
+    fold_in: float = 0.8
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, value: Any) -> HeldOut | None:
+        if not value:
+            return None
+        if not isinstance(value, dict) or not {"valid", "test"} <= set(value):
+            raise ValueError("heldout_users must be a mapping with valid and test user counts")
+        unknown = set(value) - {"valid", "test", "fold_in", "seed"}
+        if unknown:
+            raise ValueError(f"heldout_users has unknown key(s): {', '.join(sorted(unknown))}")
+        heldout = cls(**value)
+        if heldout.valid < 1 or heldout.test < 1 or not 0 < heldout.fold_in < 1:
+            raise ValueError("heldout_users needs valid, test >= 1 and 0 < fold_in < 1")
+        return heldout
+
+
+def strong_generalization_split(dataset: Any, heldout: HeldOut) -> tuple[Any, Any, Any, Any]:
+    """(train, fold-in history, valid, test) datasets of whole held-out users.
+
+    ``train`` holds the training users only; ``history`` adds every held-out user's fold-in
+    interactions (what the model encodes, and what the ranking excludes); ``valid`` and ``test``
+    hold the held-out users' interactions to predict.
+    """
+    dataset._change_feat_format()
+    inter = dataset.inter_feat
+    users = inter[dataset.uid_field].numpy()
+    items = inter[dataset.iid_field].numpy()
+    rng = np.random.default_rng(heldout.seed)
+    all_users = np.unique(users)
+    if heldout.valid + heldout.test >= len(all_users):
+        raise ValueError(
+            f"heldout_users asks for {heldout.valid} + {heldout.test} held-out users but the "
+            f"dataset has {len(all_users)} users; some must remain for training"
+        )
+    shuffled = rng.permutation(all_users)
+    valid_users = shuffled[: heldout.valid]
+    test_users = shuffled[heldout.valid : heldout.valid + heldout.test]
+    in_valid, in_test = np.isin(users, valid_users), np.isin(users, test_users)
+    in_train = ~(in_valid | in_test)
+    # Items no training user has cannot be scored by a model trained on the others.
+    known_items = np.isin(items, np.unique(items[in_train]))
+    # Each held-out user's interactions: a random fold_in share to encode, the rest to predict.
+    order = np.lexsort((rng.random(len(users)), users))
+    rank = np.empty(len(users), dtype=np.int64)
+    starts = np.r_[0, np.nonzero(np.diff(users[order]))[0] + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    rank[order] = np.arange(len(users)) - np.repeat(starts, counts)
+    per_user = np.bincount(users, minlength=dataset.user_num)[users]
+    fold_in = rank < np.ceil(heldout.fold_in * per_user)
+    heldout_rows = (in_valid | in_test) & known_items
+
+    def subset(mask: np.ndarray) -> Any:
+        return dataset.copy(inter[torch.as_tensor(np.nonzero(mask)[0])])
+
+    train = subset(in_train)
+    history = subset(in_train | (heldout_rows & fold_in))
+    valid = subset(in_valid & known_items & ~fold_in)
+    test = subset(in_test & known_items & ~fold_in)
+    return train, history, valid, test
+
+
+def fold_in(model: Any, history: Any) -> None:
+    """Give a trained general model the held-out users' fold-in interactions to encode.
+
+    Supported: a model's own ``fold_in(dataset)`` method; this package's ``UserHistory``
+    modules; RecBole's autoencoders (MultiVAE, MultiDAE, RecVAE ...); EASE-like models that score
+    ``interaction_matrix @ item_similarity``.
+    """
+    from recbole.model.abstract_recommender import AutoEncoderMixin
+
+    from recbole_ext.layers.vae import UserHistory, binary_interaction_matrix
+
+    if hasattr(model, "fold_in"):
+        model.fold_in(history)
+        return
+    histories = [m for m in model.modules() if isinstance(m, UserHistory)]
+    if histories:
+        matrix = binary_interaction_matrix(history)
+        for module in histories:
+            module.set_matrix(matrix)
+        return
+    if isinstance(model, AutoEncoderMixin):
+        model.build_histroy_items(history)
+        return
+    if hasattr(model, "interaction_matrix") and hasattr(model, "item_similarity"):
+        model.interaction_matrix = history.inter_matrix(form="csr").astype(np.float32)
+        return
+    raise ValueError(
+        f"{type(model).__name__} cannot encode held-out users: strong generalization needs a "
+        "model that scores a user from its interactions at evaluation (an autoencoder, EASE, "
+        "or a model with a fold_in(dataset) method)"
+    )
+
+
+@dataclass
+class PreparedData:
+    """The dataloaders of one run; ``fold_in`` is the history of held-out users, if any."""
+
+    train: Any
+    valid: Any
+    test: Any
+    fold_in: Any = None
+
+    def __iter__(self) -> Any:
+        return iter((self.train, self.valid, self.test))
+
+
+def prepare_data(config: Any, dataset: Any) -> PreparedData:
     """Split and build the train / valid / test dataloaders, as RecBole's ``data_preparation``
-    does, applying ``train_regime``, ``train_sample_limit`` and ``eval_user_limit`` first."""
+    does, applying the harness keys (module docstring) on the way."""
     regime = config["train_regime"] or "interactions"
     if regime not in TRAIN_REGIMES:
         raise ValueError(f"train_regime must be one of {TRAIN_REGIMES}, not {regime!r}")
-    train_ds, valid_ds, test_ds = dataset.build()
+    heldout = HeldOut.from_config(config["heldout_users"])
+    history_ds = None
+    if heldout is not None:
+        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            raise ValueError("heldout_users (strong generalization) is for general models")
+        train_ds, history_ds, valid_ds, test_ds = strong_generalization_split(dataset, heldout)
+    else:
+        train_ds, valid_ds, test_ds = dataset.build()
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
     exclude_history = bool(config["exclude_history_items"]) and sequential
     if exclude_history:
@@ -211,7 +340,9 @@ def prepare_data(config: Any, dataset: Any) -> tuple[Any, Any, Any]:
     limit_samples(train_ds, int(config["train_sample_limit"] or 0), seed)
     limit_users([valid_ds, test_ds], int(config["eval_user_limit"] or 0), seed)
 
-    built = [train_ds, valid_ds, test_ds]
+    # The evaluation samplers exclude the items of earlier phases: with held-out users that is
+    # the fold-in history, so the first phase is the history rather than the training set.
+    built = [history_ds if history_ds is not None else train_ds, valid_ds, test_ds]
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         neg = config["train_neg_sample_args"]
@@ -227,4 +358,4 @@ def prepare_data(config: Any, dataset: Any) -> tuple[Any, Any, Any]:
         for loader, history in zip((valid, test), histories, strict=True):
             if isinstance(loader, FullSortEvalDataLoader):
                 _exclude_history(loader, history)
-    return train, valid, test
+    return PreparedData(train, valid, test, history_ds)

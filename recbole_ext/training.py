@@ -14,11 +14,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from recbole.evaluator.base_metric import TopkMetric
-from recbole.utils import get_trainer
+from recbole.trainer.trainer import PretrainTrainer
+from recbole.utils import get_trainer, init_seed
 
 EpochCallback = Callable[[int, float, dict[str, float]], None]
 TrainEpochHook = Callable[[int, "EpochRecord"], None]
@@ -178,3 +181,24 @@ def recording_trainer(
     trainer.train_epoch_hook = train_epoch_hook
     trainer._init_records()
     return trainer
+
+
+def needs_pretraining(config: Any) -> bool:
+    """Whether the model trains in two stages (RecBole's PretrainTrainer: S3Rec) and this
+    config asks for the pre-training stage first."""
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    return issubclass(trainer_class, PretrainTrainer) and config["train_stage"] == "pretrain"
+
+
+def pretrain(config: Any, model_class: type, train_data: Any) -> tuple[Path, list[EpochRecord]]:
+    """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs and save the final
+    weights (tensors only) into the checkpoint directory, for the fine-tuning stage to load."""
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    trainer = recording_trainer(config, model)
+    # RecBole saves every save_step epochs; the harness saves the last epoch itself.
+    trainer.save_step = int(config["pretrain_epochs"]) + 1
+    trainer.pretrain(train_data, verbose=False, show_progress=False)
+    path = Path(config["checkpoint_dir"]) / f"{config['model']}-pretrained.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path, trainer.epochs_record

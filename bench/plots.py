@@ -1,0 +1,165 @@
+"""Figures of a leaderboard, as PNG and SVG, written atomically.
+
+matplotlib is imported inside the functions (``import bench`` stays light) and used through its
+object API on the Agg canvas, so no global backend or pyplot state is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMATS = ("png", "svg")
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Any, folder: str | os.PathLike, stem: str) -> list[Path]:
+    """``<folder>/<stem>.png`` and ``.svg``, each saved to a temp file then renamed over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in FORMATS:
+        target = folder / f"{stem}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            # The temp name has no image suffix, so the format is given explicitly.
+            fig.savefig(tmp, format=fmt, dpi=150)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide figures from others
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        written.append(target)
+    return written
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _epoch_scores(results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per model: one row per (seed, epoch) with the validation score."""
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        for e in r.get("epochs") or []:
+            if e.get("valid_score") is not None:
+                rows[r["model"]].append(
+                    {"seed": r["seed"], "epoch": e["epoch"], "score": float(e["valid_score"])}
+                )
+    return {model: pd.DataFrame(v) for model, v in rows.items() if v}
+
+
+def learning_curves(
+    results: list[dict[str, Any]],
+    folder: str | os.PathLike,
+    stem: str = "learning_curves",
+    models: list[str] | None = None,
+) -> list[Path]:
+    """Validation score per epoch for each model: mean over seeds, min-max band over seeds.
+
+    Seeds that stopped early contribute to the epochs they ran.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    scores = _epoch_scores(results)
+    order = [m for m in (models or sorted(scores)) if m in scores]
+    metric = next((r.get("valid_metric") for r in results if r.get("valid_metric")), "score")
+    fig = _figure()
+    ax = fig.add_subplot()
+    for model in order:
+        by_epoch = scores[model].groupby("epoch")["score"].agg(["mean", "min", "max", "count"])
+        epochs = by_epoch.index.to_numpy() + 1  # 1-based epochs read more naturally
+        seeds = int(scores[model]["seed"].nunique())
+        (line,) = ax.plot(
+            epochs, by_epoch["mean"], marker="o", markersize=3, label=f"{model} ({seeds} seeds)"
+        )
+        if len(epochs) > 1:
+            ax.fill_between(
+                epochs, by_epoch["min"], by_epoch["max"], color=line.get_color(), alpha=0.2
+            )
+        else:  # a band needs two epochs; a single validated epoch (e.g. Pop) gets a range bar
+            spread = [by_epoch["mean"] - by_epoch["min"], by_epoch["max"] - by_epoch["mean"]]
+            ax.errorbar(epochs, by_epoch["mean"], yerr=spread, color=line.get_color(), capsize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("Validation learning curves (mean over seeds, band: min-max)")
+    ax.grid(True, alpha=0.3)
+    if order:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no validation scores", ha="center", transform=ax.transAxes)
+    return save(fig, folder, stem)
+
+
+def metric_bars(
+    table: pd.DataFrame, metric: str, folder: str | os.PathLike, stem: str | None = None
+) -> list[Path]:
+    """Test ``metric`` per model (table order): mean over seeds, error bars one std."""
+    column = f"test_{metric}"
+    rows = table[table[column].notna()] if column in table else table.iloc[0:0]
+    fig = _figure(max(5.5, 1.0 + 0.8 * len(rows)), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    std = rows[f"{column}_std"].fillna(0.0).to_numpy() if len(rows) else np.zeros(0)
+    ax.bar(x, rows[column].to_numpy() if len(rows) else [], yerr=std, capsize=4, alpha=0.85)
+    ax.set_xticks(x, [f"{m}\n(n={s})" for m, s in zip(rows["model"], rows["seeds"], strict=True)])
+    if len(rows) > 6:
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Test {metric}\n(mean over seeds, error bars: std)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return save(fig, folder, stem or f"bar_{metric.replace('@', '_at_')}")
+
+
+def metric_at_k(
+    table: pd.DataFrame, folder: str | os.PathLike, stem: str = "metric_at_k"
+) -> list[Path]:
+    """Test metric vs K, one panel per metric family, one line per model (mean over seeds)."""
+    families: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for col in table.columns:
+        if col.startswith("test_") and not col.endswith("_std"):
+            base, _, k = col.removeprefix("test_").partition("@")
+            if k.isdigit():
+                families[base].append((int(k), col))
+    names = list(families)
+    ncols = min(2, max(1, len(names)))
+    nrows = max(1, -(-len(names) // ncols))
+    fig = _figure(5.0 * ncols, 3.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    rows = table[table["seeds"] > 0]
+    for ax, base in zip(axes, names, strict=False):
+        points = sorted(families[base])
+        ks = [k for k, _ in points]
+        for _, row in rows.iterrows():
+            ax.plot(ks, [row[c] for _, c in points], marker="o", markersize=3, label=row["model"])
+        ax.set_xticks(ks)
+        ax.set_xlabel("K")
+        ax.set_ylabel(f"test {base}@K")
+        ax.set_title(f"{base}@K")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    if names and len(rows):
+        axes[0].legend(fontsize="small")
+    fig.suptitle("Test metrics at K (mean over seeds)")
+    return save(fig, folder, stem)

@@ -1,0 +1,559 @@
+"""The tune loop: an Optuna study over one (model, dataset), resumable, with pruning.
+
+The driver alone asks Optuna for trials and tells it their outcome (ask/tell); trials run through
+:mod:`bench.tuning.executor`, in this process or as Ray workers, and report each validation score
+to the trial themselves. Everything lives in the study storage, so a study survives its driver:
+
+- running the same command again continues the study; ``trials`` counts every finished trial
+  (complete, pruned or failed) in the study, so a resumed study runs only the remainder;
+- a trial left RUNNING by a driver that died (SIGKILL, power loss) is marked FAIL with
+  ``interrupted`` set, not counted, and its parameters are queued again, so none is lost or
+  counted twice; Ctrl-C (or SIGTERM) does the same for the trials in flight, at once;
+- one driver at a time per study: a lock file in the study's folder refuses a second one.
+
+At the end the best trial's parameters go to ``configs/tuned/<dataset>/<Model>.yaml`` and that
+configuration is re-run over ``final_seeds`` into the leaderboard (``bench.api.run(tuned=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import configs
+from bench.errors import BenchError
+from bench.io import write_json
+from bench.runner import RunRequest, check_settings, prepare
+from bench.tuning import storage as storages
+from bench.tuning.executor import Job, LocalExecutor, TrialLink, job_device, make_executor
+from bench.tuning.export import export_tuned
+from bench.tuning.pruners import make_pruner
+from bench.tuning.samplers import make_sampler
+from bench.tuning.space import SearchSpace, load_space
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TuneSummary:
+    """What :func:`tune` did, and where the study stands."""
+
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    study_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)  # complete, pruned, failed, interrupted
+    ran: int = 0  # trials finished by this call
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    tuned_file: Path | None = None
+    final: Any = None  # bench.api.RunSummary of the re-run over the final seeds
+
+
+def _direction(metric: str) -> str:
+    from recbole.evaluator import smaller_metrics
+
+    return "minimize" if metric.split("@")[0].lower() in smaller_metrics else "maximize"
+
+
+@contextlib.contextmanager
+def _driver_lock(path: Path, study_name: str) -> Iterator[None]:
+    """Hold an exclusive lock for the study's driver; the OS releases it if the driver dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole study)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BenchError(
+                f"study {study_name!r} is being run by another driver ({holder}); "
+                "wait for it or pass another --study"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) ends the study as cleanly as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _finished(trial: Any) -> bool:
+    return trial.state.is_finished() and not trial.user_attrs.get("interrupted")
+
+
+def _mark_interrupted(study: Any, trial: Any, why: str) -> None:
+    import optuna
+
+    trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("error", f"interrupted: {why}; its parameters are queued again")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def _recover(study: Any, say: Progress) -> None:
+    """Fail trials a dead driver left RUNNING, and queue interrupted trials' params again."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    for frozen in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        handle = optuna.trial.Trial(study, frozen._trial_id)
+        _mark_interrupted(study, handle, "the driver stopped while the trial ran")
+        say(f"trial {frozen.number}: left RUNNING by a stopped driver, marked FAIL")
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for frozen in trials:
+        if frozen.user_attrs.get("interrupted") and frozen.number not in retried:
+            study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+            say(f"trial {frozen.number}: interrupted, its parameters are queued again")
+
+
+def _check_study(study: Any, model: str, dataset: str, direction: str) -> None:
+    attrs = study.user_attrs
+    for key, value in (("model", model), ("dataset", dataset)):
+        if attrs.get(key) not in (None, value):
+            raise BenchError(
+                f"study {study.study_name!r} is for {attrs.get(key)!r}, not {value!r} "
+                f"({key}); pass another --study"
+            )
+    if study.direction.name.lower() != direction:
+        raise BenchError(
+            f"study {study.study_name!r} was created to {study.direction.name.lower()}; "
+            f"this run's validation metric needs {direction}; pass another --study"
+        )
+
+
+def _checked_params(search: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters to enqueue: every key searched, every value one the distribution can hold
+    (out of its range is allowed: Optuna warns and runs it, which is how to try an extreme)."""
+    for key, value in params.items():
+        dist = search.distributions.get(key)
+        if dist is None:
+            raise BenchError(f"enqueued parameter {key!r} is not in {search.source}")
+        try:
+            dist.to_internal_repr(value)
+        except (ValueError, TypeError) as exc:
+            raise BenchError(f"enqueued {key}={value!r}: {exc}") from exc
+    return dict(params)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def _record(study: Any, trial: Any, outcome: dict[str, Any], trial_dir: Path, metric: str) -> str:
+    """Store the outcome on the trial (user attrs; test metrics only as attrs), write the trial's
+    result JSON and tell Optuna. Returns a one-line description."""
+    import optuna
+
+    result = outcome.get("result") or {}
+    attrs: dict[str, Any] = {
+        "host": outcome.get("host"),
+        "pid": outcome.get("pid"),
+        "started_at": outcome.get("started_at"),
+        "finished_at": outcome.get("finished_at"),
+        "seconds": (outcome.get("finished_at") or 0) - (outcome.get("started_at") or 0),
+        "result_file": str(trial_dir / "result.json"),
+    }
+    if outcome["state"] == "ok":
+        attrs.update(
+            valid_metric=result.get("valid_metric"),
+            best_epoch=result.get("best_epoch"),
+            valid=result.get("valid"),
+            test=result.get("test"),  # recorded for the report, never used for selection
+            config_hash=result.get("config_hash"),
+        )
+    if outcome.get("error"):
+        attrs["error"] = outcome["error"]
+    record = dict(result) if result else {}
+    record.update(
+        status={"ok": "ok", "pruned": "pruned"}.get(outcome["state"], "failed"),
+        trial={
+            "study": study.study_name,
+            "number": trial.number,
+            "params": trial.params,
+            "reported": outcome.get("reported"),
+            "error": outcome.get("error"),
+            "traceback": outcome.get("traceback"),
+            **{k: attrs[k] for k in ("host", "pid", "started_at", "finished_at", "seconds")},
+        },
+    )
+    write_json(trial_dir / "result.json", record)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+    states = optuna.trial.TrialState
+    if outcome["state"] == "ok":
+        study.tell(trial, outcome["value"])
+        text = f"COMPLETE {metric}={outcome['value']:.4f}"
+    elif outcome["state"] == "pruned":
+        study.tell(trial, state=states.PRUNED)
+        text = f"PRUNED ({outcome['error']})"
+    else:
+        study.tell(trial, state=states.FAIL)
+        text = f"FAIL ({outcome['error']})"
+    return (
+        f"trial {trial.number}: {text} [{_format_params(trial.params)}] ({attrs['seconds']:.0f}s)"
+    )
+
+
+def tune(
+    model: str,
+    dataset: str,
+    *,
+    trials: int,
+    workers: int = 1,
+    gpus_per_trial: float | None = None,
+    storage: str | os.PathLike | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    pruner: str = "median",
+    sampler: str = "tpe",
+    seed: int = 0,
+    ray_address: str | None = None,
+    final_seeds: Sequence[int] = (0, 1, 2),
+    space: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    config_files: Sequence[str | os.PathLike] = (),
+    device: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike = "results",
+    pruner_startup_trials: int = 5,
+    pruner_warmup_epochs: int = 1,
+    enqueue: Sequence[dict[str, Any]] = (),
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> TuneSummary:
+    """Search ``model``'s hyperparameters on ``dataset`` (objective: the validation metric).
+
+    ``trials`` is the total of finished trials the study should hold; ``workers`` > 1 or a
+    ``ray_address`` runs trials as Ray tasks, each with ``gpus_per_trial`` of a GPU (default: 1
+    where the cluster has GPUs, else 0). ``space`` overrides ``configs/search/<Model>.yaml``;
+    ``settings`` / ``epochs`` / ``config_files`` apply to every trial and to the final runs, as in
+    ``bench run``. ``enqueue`` lists parameter sets to try first (skipped if already tried).
+    ``final_seeds=()`` skips the re-run. Bad input raises :class:`BenchError` before anything
+    runs.
+    """
+    import optuna
+
+    say = progress or (lambda _line: None)
+    if trials < 1:
+        raise BenchError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise BenchError(f"--timeout must be positive, got {timeout}")
+    if workers < 1:
+        raise BenchError(f"--workers must be at least 1, got {workers}")
+    out = Path(out).resolve()
+    overrides = dict(settings or {})
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    config_paths = [str(Path(p).resolve()) for p in config_files]
+    for path in config_paths:
+        configs.load_yaml(path)
+    cache_dir = out / "cache" / "datasets"
+    # Check model, dataset, data, configs and settings once here, before any trial starts. With a
+    # cluster the driver may have no GPU, so the device is checked by the workers.
+    base = prepare(
+        RunRequest(
+            dataset=dataset,
+            model=model,
+            seed=seed,
+            settings=overrides,
+            config_files=[Path(p) for p in config_paths],
+            device="cpu" if ray_address else device,
+            data_dir=str(data_dir) if data_dir is not None else None,
+            cache_dir=cache_dir,
+        )
+    )
+    model = base.spec.name
+    search = load_space(model, space)
+    if not search.distributions:
+        raise BenchError(f"{search.source} is empty: {model} has no hyperparameter to tune")
+    clashing = sorted(set(search.distributions) & set(overrides))
+    if clashing:
+        raise BenchError(
+            f"{', '.join(clashing)}: both searched ({search.source}) and fixed by --set/--epochs"
+        )
+    check_settings({**overrides, **dict.fromkeys(search.distributions)}, [base])
+    metric = str(base.config_dict.get("valid_metric", "MRR@10")).lower()
+    direction = _direction(metric)
+    spec = storages.resolve(storage, out, ray_address)
+    name = study_name or f"{model}-{dataset}"
+    study_dir = out / "studies" / _safe_name(name)
+    pruner_obj = make_pruner(
+        pruner,
+        epochs=int(base.config_dict.get("epochs", 1)),
+        startup_trials=pruner_startup_trials,
+        warmup_epochs=pruner_warmup_epochs,
+    )
+    sampler_obj = make_sampler(sampler, search, seed, workers)
+
+    summary = TuneSummary(name, storages.describe(spec), metric, direction, study_dir)
+    with _driver_lock(study_dir / "driver.lock", name):
+        storages.repair_journal(spec)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # this loop reports each trial itself
+        try:
+            study = optuna.create_study(
+                storage=storages.open_storage(spec),
+                study_name=name,
+                direction=direction,
+                sampler=sampler_obj,
+                pruner=pruner_obj,
+                load_if_exists=True,
+            )
+            _check_study(study, model, dataset, direction)
+            existing = len(study.get_trials(deepcopy=False))
+            if existing:
+                # A resumed study must not replay the first session's random draws.
+                study.sampler = make_sampler(sampler, search, seed + existing, workers)
+                say(f"study {name!r}: resuming ({existing} trial(s) in {summary.storage})")
+            for key, value in {
+                "model": model,
+                "dataset": dataset,
+                "metric": metric,
+                "space": search.describe(),
+                "settings": {k: v for k, v in overrides.items()},
+            }.items():
+                study.set_user_attr(key, value)
+            for params in enqueue:
+                study.enqueue_trial(_checked_params(search, params), skip_if_exists=True)
+            _recover(study, say)
+            summary.ran = _run_trials(
+                study,
+                search=search,
+                trials=trials,
+                workers=workers,
+                gpus_per_trial=gpus_per_trial,
+                ray_address=ray_address,
+                timeout=timeout,
+                job_template=Job(
+                    key=None,
+                    dataset=dataset,
+                    model=model,
+                    seed=seed,
+                    settings=overrides,
+                    device=device,
+                    config_files=config_paths,
+                    data_dir=str(data_dir) if data_dir is not None else None,
+                    cache_dir=str(cache_dir),
+                    config_dir=str(configs.CONFIG_DIR),
+                    command=command,
+                ),
+                spec=spec,
+                study_dir=study_dir,
+                metric=metric,
+                say=say,
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+        _summarize(study, summary)
+        if summary.best_trial is None:
+            say("no trial completed: nothing exported")
+            return summary
+        best = study.best_trial
+        summary.tuned_file = export_tuned(
+            dataset,
+            model,
+            search.settings(best.params),
+            study=name,
+            trial=best.number,
+            metric=metric,
+            score=best.value,
+            storage=summary.storage,
+            space=search.source,
+            settings=overrides,
+        )
+        say(f"best: trial {best.number}, {metric}={best.value:.4f}; wrote {summary.tuned_file}")
+        if final_seeds:
+            summary.final = _final_runs(
+                model, dataset, final_seeds, overrides, config_paths, device, data_dir, out, command
+            )
+            for result in summary.final.results:
+                if result["status"] == "ok":
+                    value = result["test"].get(metric, float("nan"))
+                    say(f"final seed {result['seed']}: test {metric}={value:.4f}")
+                else:
+                    say(f"final seed {result['seed']}: FAILED {result['error']['type']}")
+    return summary
+
+
+def _run_trials(
+    study: Any,
+    *,
+    search: SearchSpace,
+    trials: int,
+    workers: int,
+    gpus_per_trial: float | None,
+    ray_address: str | None,
+    timeout: float | None,
+    job_template: Job,
+    spec: str,
+    study_dir: Path,
+    metric: str,
+    say: Progress,
+) -> int:
+    """Ask, run and tell until the study holds ``trials`` finished trials. Returns how many
+    trials this call finished."""
+    import optuna
+
+    done = sum(_finished(t) for t in study.get_trials(deepcopy=False))
+    if done >= trials:
+        say(f"study {study.study_name!r} already holds {done} finished trial(s); none to run")
+        return 0
+    grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+    started = time.monotonic()
+    executor = None
+    device = job_template.device
+    pending: dict[int, Any] = {}
+    ran = 0
+
+    def more() -> bool:
+        if done + len(pending) >= trials:
+            return False
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return False
+        if grid:
+            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if not waiting and study.sampler.is_exhausted(study):
+                return False
+        return executor is None or len(pending) < executor.capacity
+
+    with _sigterm_as_interrupt():
+        try:
+            while True:
+                while more():
+                    if executor is None:
+                        executor = make_executor(workers, gpus_per_trial, ray_address)
+                        device = job_device(executor, job_template.device)
+                    trial = study.ask(search.distributions)
+                    trial_dir = study_dir / f"trial-{trial.number}"
+                    run_settings = {**job_template.settings, **search.settings(trial.params)}
+                    write_json(
+                        trial_dir / "params.json",
+                        {"number": trial.number, "params": trial.params, "settings": run_settings},
+                    )
+                    local = isinstance(executor, LocalExecutor)
+                    job = Job(
+                        **{
+                            **vars(job_template),
+                            "key": trial.number,
+                            "settings": run_settings,
+                            "device": device,
+                            "link": None
+                            if local
+                            else TrialLink(spec, study.study_name, trial._trial_id, study.pruner),
+                        }
+                    )
+                    executor.submit(job, trial if local else None)
+                    pending[trial.number] = trial
+                if not pending:
+                    break
+                for job, outcome in executor.wait():
+                    trial = pending.pop(job.key)
+                    trial_dir = study_dir / f"trial-{trial.number}"
+                    say(_record(study, trial, outcome, trial_dir, metric))
+                    done += 1
+                    ran += 1
+        except KeyboardInterrupt:
+            if executor is not None:
+                executor.cancel()
+            for trial in pending.values():
+                _mark_interrupted(study, trial, "stopped by Ctrl-C")
+            say(f"interrupted: {len(pending)} running trial(s) marked FAIL and queued again")
+            raise
+        finally:
+            if executor is not None:
+                executor.close()
+    if timeout is not None and done < trials:
+        say(f"--timeout {timeout:g}s reached after {ran} trial(s); run again to continue")
+    return ran
+
+
+def _summarize(study: Any, summary: TuneSummary) -> None:
+    import optuna
+
+    states = optuna.trial.TrialState
+    counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "waiting": 0}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("interrupted"):
+            counts["interrupted"] += 1
+        elif trial.state == states.COMPLETE:
+            counts["complete"] += 1
+        elif trial.state == states.PRUNED:
+            counts["pruned"] += 1
+        elif trial.state == states.FAIL:
+            counts["failed"] += 1
+        elif trial.state == states.WAITING:
+            counts["waiting"] += 1
+    summary.counts = counts
+    if counts["complete"]:
+        best = study.best_trial
+        summary.best_trial, summary.best_value = best.number, best.value
+        summary.best_params = dict(best.params)
+
+
+def _final_runs(
+    model: str,
+    dataset: str,
+    seeds: Sequence[int],
+    overrides: dict[str, Any],
+    config_files: list[str],
+    device: str,
+    data_dir: str | os.PathLike | None,
+    out: Path,
+    command: str | None,
+) -> Any:
+    """The best configuration on the test set over ``seeds``, into ``<out>``'s leaderboard."""
+    from bench import api
+
+    return api.run(
+        [model],
+        dataset,
+        seeds=[int(s) for s in seeds],
+        tuned=True,
+        settings=overrides,
+        config_files=config_files,
+        device=device,
+        data_dir=data_dir,
+        out=out,
+        command=command,
+    )

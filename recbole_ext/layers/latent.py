@@ -1,0 +1,108 @@
+"""Latent-variable helpers for sequential VAEs: reparameterised samples, KL terms, annealing,
+the variational-dropout prior penalty and the per-position reconstruction loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Dirichlet, kl_divergence
+
+LATENTS = ("gaussian", "dirichlet")
+
+# Kingma, Salimans & Welling (NeurIPS 2015), variational dropout: the polynomial fit of
+# -KL(q(w | alpha) || log-uniform prior) = const + 0.5 log a + c1 a + c2 a^2 + c3 a^3.
+_VD_C1, _VD_C2, _VD_C3 = 1.16145124, -1.50204118, 0.58629921
+
+
+def kl_weight(step: int, total_steps: int, cap: float) -> float:
+    """Linear KL annealing per optimizer step: ``min(cap, step / total_steps)``."""
+    if total_steps <= 0:
+        return float(cap)
+    return float(min(cap, step / total_steps))
+
+
+def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``mu + sigma * eps``, eps ~ N(0, I)."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)), summed over the last dimension."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def dirichlet_concentration(
+    raw: torch.Tensor, minimum: float = 1e-2, maximum: float = 1e3
+) -> torch.Tensor:
+    """Positive concentrations from unconstrained encoder outputs.
+
+    The floor keeps ``rsample`` away from exact zeros (whose implicit-reparameterisation
+    gradients are not finite); the ceiling keeps lgamma and digamma in range.
+    """
+    return (F.softplus(raw) + minimum).clamp(max=maximum)
+
+
+def dirichlet_sample(concentration: torch.Tensor) -> torch.Tensor:
+    """A reparameterised Dirichlet sample (implicit reparameterisation, ``rsample``)."""
+    return Dirichlet(concentration).rsample()
+
+
+def dirichlet_mean(concentration: torch.Tensor) -> torch.Tensor:
+    return concentration / concentration.sum(dim=-1, keepdim=True)
+
+
+def dirichlet_kl(concentration: torch.Tensor, prior: float) -> torch.Tensor:
+    """KL(Dir(concentration) || Dir(prior * 1)), one value per distribution (last dim)."""
+    prior_dist = Dirichlet(torch.full_like(concentration, prior))
+    return kl_divergence(Dirichlet(concentration), prior_dist)
+
+
+def variational_dropout_penalty(alpha: torch.Tensor) -> torch.Tensor:
+    """The approximate KL of a variational-dropout noise scale ``alpha`` to its prior
+    (minus the polynomial fit; constant dropped), averaged over its entries."""
+    poly = 0.5 * torch.log(alpha) + _VD_C1 * alpha + _VD_C2 * alpha**2 + _VD_C3 * alpha**3
+    return -poly.mean()
+
+
+def logit_of_dropout_alpha(p: float) -> float:
+    """Initial logit of the variational-dropout scale for a dropout rate p (Gaussian dropout has
+    variance p / (1 - p); the scale is its square root), with p kept in (0, 0.5)."""
+    p = min(max(p, 1e-4), 0.4999)
+    alpha = math.sqrt(p / (1 - p))
+    return math.log(alpha / (1 - alpha))
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``valid`` (same shape, bool) holds."""
+    weights = valid.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def reconstruction_loss(
+    output: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    item_weight: torch.Tensor,
+    kind: str = "bce",
+) -> torch.Tensor:
+    """Next-item loss over the real positions of ``output`` ``[B, L, H]``.
+
+    ``bce``: SASRec's binary cross-entropy with one uniformly sampled negative item per position
+    (never the position's own target); ``ce``: softmax cross-entropy over all items.
+    ``item_weight`` ``[n_items, H]`` is the (tied) item embedding table, row 0 the padding.
+    """
+    hidden = output[valid]  # only real positions: the mean Beauty sequence is ~6 of 50
+    target = targets[valid]
+    n_items = item_weight.shape[0]
+    if kind == "ce":
+        return F.cross_entropy(hidden @ item_weight.T, target)
+    if kind != "bce":
+        raise ValueError(f"rec_loss must be 'bce' or 'ce', not {kind!r}")
+    negative = torch.randint(1, n_items, target.shape, device=target.device)
+    # A draw equal to the target moves to the next id (cyclically over 1 .. n_items - 1).
+    negative = torch.where(negative == target, negative % (n_items - 1) + 1, negative)
+    pos_logit = (hidden * item_weight[target]).sum(-1)
+    neg_logit = (hidden * item_weight[negative]).sum(-1)
+    return -(F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit)).mean()

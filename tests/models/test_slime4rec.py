@@ -1,0 +1,147 @@
+"""SLIME4Rec: training, semantic positives, padding and future positions, seeds, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from recbole_ext.models.slime4rec import SLIME4Rec
+from tests.helpers import ROOT, write_inter
+
+YAML = str(ROOT / "configs/models/SLIME4Rec.yaml")
+TINY = {"hidden_size": 16, "inner_size": 32, "MAX_ITEM_LIST_LENGTH": 10, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slime")
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(1, 31):
+        items = rng.choice(np.arange(1, 16), size=rng.integers(5, 10), replace=False)
+        rows += [(user, int(i), float(t)) for t, i in enumerate(items)]
+    write_inter(tmp, "tiny", rows)
+    config = Config(
+        model=SLIME4Rec,
+        dataset="tiny",
+        config_file_list=[YAML],
+        config_dict={
+            "data_path": str(tmp),
+            "checkpoint_dir": str(tmp / "ck"),
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "train_batch_size": 64,
+            **TINY,
+        },
+    )
+    init_seed(0, True)
+    train, _, test = data_preparation(config, create_dataset(config))
+    return config, train, test, next(iter(train)), dict(config.final_config_dict)
+
+
+def make(setup, **overrides):
+    config, train = setup[0], setup[1]
+    config.final_config_dict.update(setup[4])
+    for key, value in overrides.items():
+        config[key] = value
+    init_seed(0, True)
+    return SLIME4Rec(config, train._dataset)
+
+
+def train_steps(model, batch, steps, lr=1e-2):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses, terms = [], []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        terms.append(dict(model.last_loss_terms))
+    return losses, terms
+
+
+@pytest.mark.parametrize(
+    "mixer,contrast,positive",
+    [("G", "us_x", "dataset"), ("L", "us", "batch"), ("M", "su", "dataset"), ("G", "un", "batch")],
+)
+def test_trains_with_finite_terms(setup, mixer, contrast, positive):
+    model = make(setup, filter_mixer=mixer, contrast=contrast, semantic_positive=positive)
+    losses, terms = train_steps(model, setup[3], 20)
+    assert all(np.isfinite(v) for t in terms for v in t.values())
+    assert terms[-1]["total"] == pytest.approx(terms[-1]["ce"] + terms[-1]["contrastive"])
+    assert terms[-1]["contrastive"] > 0
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_semantic_positives_share_the_target(setup):
+    model = make(setup)
+    batch = setup[3]
+    seq, lens, target = batch["item_id_list"], batch["item_length"], batch["item_id"]
+    torch.manual_seed(0)
+    sem_seq, sem_len = model.semantic_positives(seq, lens, target)
+    ds = setup[1]._dataset.inter_feat
+    train_seqs, train_targets = ds["item_id_list"], ds["item_id"]
+    others = 0
+    for b in range(len(seq)):
+        rows = (train_seqs == sem_seq[b]).all(dim=1) & (ds["item_length"] == sem_len[b])
+        assert (train_targets[rows] == target[b]).any()
+        n_same = int((train_targets == target[b]).sum())
+        differs = not torch.equal(sem_seq[b], seq[b])
+        others += differs
+        if n_same == 1:  # the only sample with this target: the sequence itself
+            assert not differs
+    # Redraws (4 tries) make self-picks rare where another sample exists.
+    assert others > len(seq) // 2
+    # Batch mode: a partner of the same batch with the same target.
+    model = make(setup, semantic_positive="batch")
+    sem_seq, _ = model.semantic_positives(seq, lens, target)
+    for b in range(len(seq)):
+        partners = [j for j in range(len(seq)) if target[j] == target[b] and j != b]
+        if partners:
+            assert any(torch.equal(sem_seq[b], seq[j]) for j in partners)
+        else:
+            assert torch.equal(sem_seq[b], seq[b])
+
+
+def test_output_ignores_padding_and_positions_after_the_last(setup):
+    model = make(setup).eval()
+    torch.manual_seed(0)
+    lens = torch.tensor([3, 5, 10, 1])
+    seq = torch.randint(1, model.n_items, (4, 10)) * (torch.arange(10) < lens.unsqueeze(1))
+    changed = seq.clone()
+    changed[seq == 0] = torch.randint(1, model.n_items, (int((seq == 0).sum()),))
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, lens), model(changed, lens))
+        # The real items do matter.
+        other = seq.clone()
+        other[:, 0] = (other[:, 0] % (model.n_items - 1)) + 1
+        assert not torch.allclose(model(seq, lens), model(other, lens))
+
+
+def test_same_seed_same_losses(setup):
+    a, _ = train_steps(make(setup), setup[3], 3)
+    b, _ = train_steps(make(setup), setup[3], 3)
+    assert a == b
+
+
+def test_full_sort_predict_shape_and_consistency(setup):
+    model = make(setup).eval()
+    interaction = next(iter(setup[2]))[0]
+    with torch.no_grad():
+        full = model.full_sort_predict(interaction)
+        single = model.predict(interaction)
+    assert full.shape == (len(interaction), model.n_items)
+    items = interaction[model.ITEM_ID]
+    torch.testing.assert_close(full[torch.arange(len(items)), items], single)
+
+
+def test_windows_follow_config(setup):
+    model = make(setup, filter_mixer="M", dynamic_ratio=0.5, n_layers=2)
+    # L = 10 -> 6 bins; G: step (6 * 0.5) // 1 = 3 -> [3, 6), [0, 3); L: w = 1/2 -> [3, 6), [0, 3).
+    assert model.encoder.windows == [{"G": (3, 6), "L": (3, 6)}, {"G": (0, 3), "L": (0, 3)}]
