@@ -27,6 +27,7 @@ from bench.results import PER_USER_KEY
 from recbole_ext import registry
 from recbole_ext.data import fold_in, load_dataset, prepare_data
 from recbole_ext.training import (
+    BudgetExhausted,
     EpochCallback,
     TrainEpochHook,
     needs_pretraining,
@@ -289,9 +290,17 @@ def execute(
         if prepared_data.fold_in is not None:
             fold_in(model, prepared_data.fold_in)
         trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=bool(config["show_progress"])
-        )
+        stopped_by_budget = False
+        try:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data, valid_data, saved=True, show_progress=bool(config["show_progress"])
+            )
+        except BudgetExhausted:
+            stopped_by_budget = True
+            best_valid_score, best_valid_result = (
+                trainer.best_valid_score,
+                trainer.best_valid_result,
+            )
         train_seconds = time.perf_counter() - t1
         has_checkpoint = Path(trainer.saved_model_file).exists()
         t2 = time.perf_counter()
@@ -323,6 +332,7 @@ def execute(
         "config_hash": config_hash(resolved),
         "valid_metric": str(config["valid_metric"]).lower(),
         "best_epoch": best_epoch,
+        "stopped_by_budget": stopped_by_budget,
         "best_valid_score": None if best_valid_score is None else float(best_valid_score),
         "valid": _metrics(best_valid_result),
         "test": _metrics(test_result),

@@ -31,6 +31,11 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class BudgetExhausted(Exception):
+    """``time_budget_s`` of training time is spent; raised before the next epoch starts, after
+    the last epoch's validation, so the trainer's best checkpoint and result stand."""
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -137,6 +142,11 @@ class RecordingMixin:
 
     def _train_epoch(self, train_data: Any, epoch_idx: int, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
+        budget = float(self.config["time_budget_s"] or 0)  # type: ignore[attr-defined]
+        if not hasattr(self, "_training_started"):
+            self._training_started = start
+        elif budget and start - self._training_started >= budget:
+            raise BudgetExhausted(f"time_budget_s={budget:g} spent after {epoch_idx} epochs")
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)  # type: ignore[misc]
         record = self._record(epoch_idx)
         record.train_seconds = time.perf_counter() - start

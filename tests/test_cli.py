@@ -241,3 +241,20 @@ def test_cpu_device_is_recorded(tiny_sequences):
     )
     assert summary.results[0]["environment"]["device"] == "cpu"
     assert torch.device(summary.results[0]["config"]["device"]).type == "cpu"
+
+
+def test_time_budget_stops_at_an_epoch_boundary(tiny_sequences):
+    settings = {**TINY, "time_budget_s": 1e-6, "stopping_step": 10}
+    summary = api.run(
+        ["SASRec"],
+        "tiny",
+        data_dir=tiny_sequences,
+        out=tiny_sequences / "o",
+        epochs=5,
+        settings=settings,
+    )
+    result = summary.results[0]
+    assert result["status"] == "ok", result.get("error")
+    assert result["stopped_by_budget"] is True
+    assert len(result["epochs"]) == 1 and result["best_epoch"] == 0
+    assert result["test"]["ndcg@10"] >= 0
