@@ -280,13 +280,15 @@ def execute(
         t1 = time.perf_counter()
         pretrain_records: list = []
         if needs_pretraining(config):
-            pretrained, pretrain_records = pretrain(config, prepared.spec.cls, train_data)
+            pretrained, pretrain_records = pretrain(
+                config, prepared.spec.cls, train_data, prepared_data.model_dataset
+            )
             config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
             config = Config(
                 model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
             )
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        model = prepared.spec.cls(config, train_data._dataset).to(config["device"])
+        model = prepared.spec.cls(config, prepared_data.model_dataset).to(config["device"])
         if prepared_data.fold_in is not None:
             fold_in(model, prepared_data.fold_in)
         trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)

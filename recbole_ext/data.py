@@ -305,11 +305,14 @@ def fold_in(model: Any, history: Any) -> None:
 
 @dataclass
 class PreparedData:
-    """The dataloaders of one run; ``fold_in`` is the history of held-out users, if any."""
+    """The dataloaders of one run. ``model_dataset`` is the whole training split, which models
+    are built from (the training batches may draw a subset of it: ``train_regime: users``,
+    ``train_sample_limit``); ``fold_in`` is the history of held-out users, if any."""
 
     train: Any
     valid: Any
     test: Any
+    model_dataset: Any
     fold_in: Any = None
 
     def __iter__(self) -> Any:
@@ -334,10 +337,13 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
     exclude_history = bool(config["exclude_history_items"]) and sequential
     if exclude_history:
         histories = sequential_histories(train_ds, valid_ds)
+    # The regime and the sample limit choose which rows the training batches draw; the model
+    # is built from, and the samplers exclude, the whole training split.
+    batch_ds = train_ds.copy(train_ds.inter_feat)
     if regime == "users":
-        one_sample_per_user(train_ds)
+        one_sample_per_user(batch_ds)
     seed = int(config["seed"])
-    limit_samples(train_ds, int(config["train_sample_limit"] or 0), seed)
+    limit_samples(batch_ds, int(config["train_sample_limit"] or 0), seed)
     limit_users([valid_ds, test_ds], int(config["eval_user_limit"] or 0), seed)
 
     # The evaluation samplers exclude the items of earlier phases: with held-out users that is
@@ -347,10 +353,10 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         neg = config["train_neg_sample_args"]
         kg_sampler = KGSampler(dataset, neg["distribution"], neg["alpha"])
-        train = KnowledgeBasedDataLoader(config, train_ds, train_sampler, kg_sampler, shuffle=True)
+        train = KnowledgeBasedDataLoader(config, batch_ds, train_sampler, kg_sampler, shuffle=True)
     else:
         train = get_dataloader(config, "train")(
-            config, train_ds, train_sampler, shuffle=config["shuffle"]
+            config, batch_ds, train_sampler, shuffle=config["shuffle"]
         )
     valid = get_dataloader(config, "valid")(config, valid_ds, valid_sampler, shuffle=False)
     test = get_dataloader(config, "test")(config, test_ds, test_sampler, shuffle=False)
@@ -358,4 +364,4 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
         for loader, history in zip((valid, test), histories, strict=True):
             if isinstance(loader, FullSortEvalDataLoader):
                 _exclude_history(loader, history)
-    return PreparedData(train, valid, test, history_ds)
+    return PreparedData(train, valid, test, train_ds, history_ds)

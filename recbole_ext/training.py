@@ -200,11 +200,13 @@ def needs_pretraining(config: Any) -> bool:
     return issubclass(trainer_class, PretrainTrainer) and config["train_stage"] == "pretrain"
 
 
-def pretrain(config: Any, model_class: type, train_data: Any) -> tuple[Path, list[EpochRecord]]:
+def pretrain(
+    config: Any, model_class: type, train_data: Any, model_dataset: Any
+) -> tuple[Path, list[EpochRecord]]:
     """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs and save the final
     weights (tensors only) into the checkpoint directory, for the fine-tuning stage to load."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
+    model = model_class(config, model_dataset).to(config["device"])
     trainer = recording_trainer(config, model)
     # RecBole saves every save_step epochs; the harness saves the last epoch itself.
     trainer.save_step = int(config["pretrain_epochs"]) + 1

@@ -1,0 +1,136 @@
+"""MultDAE (Liang et al., WWW 2018) on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+from scipy.special import log_softmax
+
+import recbole_ext  # noqa: F401
+from recbole_ext.models.mult_dae import MultDAE
+
+YAML = Path(__file__).resolve().parents[2] / "configs" / "models" / "MultDAE.yaml"
+N_USERS, N_ITEMS = 30, 40
+
+
+def write_dataset(root: Path, name: str = "tiny") -> None:
+    rng = np.random.default_rng(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(N_USERS):
+        pool = np.arange(0, 24) if u % 2 else np.arange(16, N_ITEMS)
+        for ts, i in enumerate(rng.choice(pool, size=rng.integers(6, 12), replace=False)):
+            lines.append(f"u{u}\ti{i}\t{ts}")
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
+
+
+def build(tmp_path: Path, **settings: Any) -> tuple[Any, Any, Any, MultDAE]:
+    write_dataset(tmp_path)
+    config_dict = {
+        "data_path": str(tmp_path),
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "eval_args": {
+            "split": {"RS": [0.8, 0.1, 0.1]},
+            "order": "RO",
+            "group_by": "user",
+            "mode": "full",
+        },
+        "metrics": ["RecallCap", "NDCG"],
+        "topk": [5],
+        "valid_metric": "NDCG@5",
+        "latent_dimension": 12,
+        "train_batch_size": 16,
+        "epochs": 2,
+        "seed": 0,
+        "show_progress": False,
+    }
+    config_dict.update(settings)
+    config = Config(
+        model=MultDAE, dataset="tiny", config_file_list=[str(YAML)], config_dict=config_dict
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, train, valid, MultDAE(config, train._dataset)
+
+
+def test_architecture_and_defaults(tmp_path: Path) -> None:
+    config, _, _, model = build(tmp_path, latent_dimension=200)
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(200, N_ITEMS + 1), (N_ITEMS + 1, 200)]  # [I -> 200 -> I]
+    defaults = yaml.safe_load(YAML.read_text())
+    assert defaults["l2_lambda"] == 0.01 and defaults["dropout_prob"] == 0.5
+    assert (defaults["train_batch_size"], defaults["train_regime"]) == (500, "users")
+    assert config["l2_lambda"] == 0.01
+
+
+def test_loss_equals_direct_computation(tmp_path: Path) -> None:
+    _, train, _, model = build(tmp_path, l2_lambda=0.05)
+    model.eval()
+    users = torch.arange(1, N_USERS + 1)
+    inter = train._dataset.inter_feat
+    all_rows = np.zeros((train._dataset.user_num, model.n_items))
+    all_rows[inter["user_id"].numpy(), inter["item_id"].numpy()] = 1.0
+    rows = all_rows[users.numpy()]
+    loss = model.calculate_loss({model.USER_ID: users}).item()
+
+    (w1, b1), (w2, b2) = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+    x = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    logits = np.tanh(x @ w1.T + b1) @ w2.T + b2
+    nll = -(log_softmax(logits, axis=1) * rows).sum(1).mean()
+    l2 = 0.05 * ((w1**2).sum() + (w2**2).sum())  # weights only, biases excluded
+    assert loss == pytest.approx(nll + l2, rel=1e-5)
+    assert model.last_loss_terms["l2"] == pytest.approx(l2, rel=1e-5)
+
+
+def test_trains_and_loss_decreases(tmp_path: Path) -> None:
+    _, train, _, model = build(tmp_path)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    users = {model.USER_ID: torch.arange(1, N_USERS + 1)}
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model.calculate_loss(users).item()
+
+    before = eval_loss()
+    model.train()
+    for interaction in list(train)[:1] * 25:
+        optimizer.zero_grad()
+        loss = model.calculate_loss(interaction)
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+    assert eval_loss() < before - 0.5
+
+
+def test_full_sort_predict_and_predict(tmp_path: Path) -> None:
+    _, _, _, model = build(tmp_path)
+    model.eval()
+    users = torch.tensor([2, 7, 7])
+    items = torch.tensor([1, 20, 40])
+    with torch.no_grad():
+        scores = model.full_sort_predict({model.USER_ID: users})
+        pointwise = model.predict({model.USER_ID: users, model.ITEM_ID: items})
+    assert scores.shape == (3, N_ITEMS + 1)
+    torch.testing.assert_close(pointwise, scores[torch.arange(3), items])
+
+
+def test_recbole_trainer_runs(tmp_path: Path) -> None:
+    from recbole.trainer import Trainer
+
+    config, train, valid, model = build(tmp_path)
+    best_score, best_result = Trainer(config, model).fit(train, valid, show_progress=False)
+    assert np.isfinite(best_score) and set(best_result) == {"recallcap@5", "ndcg@5"}
