@@ -128,6 +128,7 @@ def build(results: list[dict[str, Any]]) -> pd.DataFrame:
             "seeds": len(ok),
             "failed": len(runs) - len(ok),
             "quick": any(r.get("quick") for r in ok),
+            "budget_limited": sum(bool(r.get("stopped_by_budget")) for r in ok),
             **_row_flags(ok),
         }
         if ok:
@@ -148,7 +149,8 @@ def build(results: list[dict[str, Any]]) -> pd.DataFrame:
         (c for c in table.columns if c.startswith("test_")),
         key=lambda c: (*_metric_sort_key(c.removeprefix("test_").removesuffix("_std")), c),
     )
-    fixed = ["model", "family", "seeds", "failed", "quick", "mixed_config", "mixed_commit"]
+    fixed = ["model", "family", "seeds", "failed", "quick", "budget_limited", "mixed_config"]
+    fixed += ["mixed_commit"]
     fixed += ["mixed_data", "flags", "config_hash"]
     tail = ["best_epoch", "train_seconds", "train_seconds_std", "valid_metric", "error"]
     table = table[fixed + metric_cols + [c for c in tail if c in table]]
@@ -175,7 +177,9 @@ def _sort_column(table: pd.DataFrame, results: list[dict[str, Any]]) -> str | No
 # --- per-user values and significance ---------------------------------------------------------
 
 
-def per_user_values(out: str | os.PathLike, dataset: str, results: list[dict[str, Any]]):
+def per_user_values(
+    out: str | os.PathLike, dataset: str, results: list[dict[str, Any]]
+) -> dict[str, pd.DataFrame]:
     """Each model's per-user test values averaged over its seeds (index: raw user id)."""
     frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
     for r in results:
@@ -256,7 +260,10 @@ def protocol(result: dict[str, Any]) -> dict[str, Any]:
         "group_by": eval_args.get("group_by"),
         "mode": eval_args.get("mode"),
         "filters": {k: config.get(k) for k in _FILTER_KEYS},
-        "max_sequence_length": config.get("MAX_ITEM_LIST_LENGTH"),
+        # Only sequential models read it; RecBole's default in a general model's config is noise.
+        "max_sequence_length": (
+            config.get("MAX_ITEM_LIST_LENGTH") if result.get("family") == "sequential" else None
+        ),
         "exclude_history_items": config.get("exclude_history_items"),
         "valid_metric": result.get("valid_metric"),
         "metrics": config.get("metrics"),
@@ -265,10 +272,34 @@ def protocol(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same protocol; a general model (no max sequence length) fits any sequential one."""
+    for key in a.keys() | b.keys():
+        if key == "max_sequence_length" and None in (a.get(key), b.get(key)):
+            continue
+        if a.get(key) != b.get(key):
+            return False
+    return True
+
+
+def merge_protocols(protocols: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct protocols among runs, general models merged into a compatible one."""
+    groups: list[dict[str, Any]] = []
+    for p in protocols:
+        for i, group in enumerate(groups):
+            if _compatible(group, p):
+                if group["max_sequence_length"] is None:
+                    groups[i] = p
+                break
+        else:
+            groups.append(p)
+    return groups
+
+
 def provenance(board: Board) -> dict[str, Any]:
     """What produced the numbers: protocol, data, configs, code, packages, hardware, dates."""
     ok = board.ok
-    protocols = _distinct([protocol(r) for r in ok])
+    protocols = merge_protocols([protocol(r) for r in ok])
     fingerprints = []
     for digest in _distinct([data_digest((r.get("data") or {}).get("sha256")) for r in ok]):
         run = next(r for r in ok if data_digest((r.get("data") or {}).get("sha256")) == digest)
@@ -374,6 +405,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _g(value: float) -> str:
+    """Test statistics and d: 4 significant digits (t and d explode for near-constant shifts)."""
+    return "" if math.isnan(value) else f"{value:.4g}"
+
+
 def _p(value: float) -> str:
     return "" if math.isnan(value) else (f"{value:.2e}" if value < 1e-3 else f"{value:.4f}")
 
@@ -463,6 +499,11 @@ def _notes(board: Board) -> list[str]:
     if table["quick"].any():
         notes.append("Rows from `--quick` smoke runs are not comparable with full runs.")
     for row in table.itertuples(index=False):
+        if row.budget_limited:
+            notes.append(
+                f"{row.model}: {row.budget_limited} of {row.seeds} run(s) stopped by the "
+                "training time budget (`time_budget_s`) before early stopping: budget-limited."
+            )
         if row.mixed_config:
             notes.append(
                 f"Seeds of {row.model} ran with different configs ({row.config_hash}); "
@@ -526,10 +567,10 @@ def significance_markdown(
         star = " *" if w["significant"] else ""
         lines.append(
             f"| {model} | {reference}{role} | {metric} | {w['n_users']} | "
-            f"{w['mean_diff']:+.4f} | {_fmt(w['statistic'], 1)} | {_p(w['p_value'])} | "
-            f"{_p(w['p_holm'])}{star} | {w['effect_size']:+.3f} | {_fmt(t['statistic'], 2)} | "
+            f"{w['mean_diff']:+.4f} | {_g(w['statistic'])} | {_p(w['p_value'])} | "
+            f"{_p(w['p_holm'])}{star} | {w['effect_size']:+.3f} | {_g(t['statistic'])} | "
             f"{_p(t['p_value'])} | {_p(t['p_holm'])}{' *' if t['significant'] else ''} | "
-            f"{_fmt(t['effect_size'], 3)} |"
+            f"{_g(t['effect_size'])} |"
         )
     lines += ["", f"\\* Holm-adjusted p < {board.alpha}."]
     return "\n".join(lines)
@@ -545,20 +586,27 @@ def _describe_protocol(p: dict[str, Any]) -> str:
     mode_text = (
         ", ".join(f"{k}: {v}" for k, v in mode.items()) if isinstance(mode, dict) else str(mode)
     )
-    filters = {k: v for k, v in (p.get("filters") or {}).items() if v not in (None, False)}
+    # filter_inter_by_user_or_item only matters with .user/.item filters: the JSON keeps it.
+    filters = {
+        k: v
+        for k, v in (p.get("filters") or {}).items()
+        if v not in (None, False) and k != "filter_inter_by_user_or_item"
+    }
     filter_text = ", ".join(f"{k}={v}" for k, v in filters.items()) or "none"
     excluded = "yes" if p.get("exclude_history_items") else "no"
+    full_note = " ('full' ranks every item)" if "full" in mode_text else ""
     parts = [
         f"split {split_text}",
         f"order {p.get('order')}{f' ({order})' if order else ''}",
-        f"grouped by {p.get('group_by')}",
-        f"ranking {mode_text} ('full' ranks every item)",
+        f"grouped by {p.get('group_by') or 'none'}",
+        f"ranking {mode_text}{full_note}",
         f"filters: {filter_text}",
-        f"max sequence length {p.get('max_sequence_length')} (sequential models)",
         f"history items excluded from the ranking: {excluded}",
         f"validation metric {p.get('valid_metric')}",
         f"metrics {', '.join(p.get('metrics') or [])} at {p.get('topk')}",
     ]
+    if p.get("max_sequence_length") is not None:
+        parts.insert(5, f"max sequence length {p['max_sequence_length']} (sequential models)")
     if p.get("eval_user_limit"):
         parts.append(f"evaluated on {p['eval_user_limit']} sampled users")
     return "; ".join(parts)
@@ -568,42 +616,55 @@ def provenance_markdown(board: Board, json_name: str | None = None) -> str:
     """Protocol, data, runs, code, packages, hardware and config hashes as a bullet list."""
     prov = board.provenance
     lines = []
-    if prov.get("protocol"):
-        lines.append(f"- Protocol: {_describe_protocol(prov['protocol'])}.")
+    p = prov.get("protocol")
+    if p and any(p.get(k) is not None for k in ("split", "order", "mode")):
+        lines.append(f"- Protocol: {_describe_protocol(p)}.")
+    elif not prov.get("protocols"):
+        lines.append("- Protocol: not recorded in the results.")
     for i, p in enumerate(prov.get("protocols") or []):
-        models = sorted({r["model"] for r in board.ok if protocol(r) == p})
+        models = sorted({r["model"] for r in board.ok if _compatible(protocol(r), p)})
         lines.append(f"- Protocol {i + 1} ({', '.join(models)}): {_describe_protocol(p)}.")
-    for fp in prov.get("dataset_fingerprints", []):
+    fingerprints = prov.get("dataset_fingerprints", [])
+    for fp in fingerprints:
+        who = f" ({', '.join(fp['models'])})" if len(fingerprints) > 1 else ""
+        if fp["digest"] is None:
+            lines.append(f"- Dataset{who}: no fingerprint recorded.")
+            continue
         files = ", ".join(f"{n} {h[:12]}" for n, h in sorted((fp.get("sha256") or {}).items()))
-        who = f" ({', '.join(fp['models'])})" if len(prov["dataset_fingerprints"]) > 1 else ""
         lines.append(
             f"- Dataset{who}: fingerprint `{fp['digest']}` (sha256 of the files: {files}); "
             f"{fp.get('users')} users, {fp.get('items')} items, "
-            f"{fp.get('interactions')} interactions; from {fp.get('source')}."
+            f"{fp.get('interactions')} interactions"
+            + (f"; from {fp['source']}." if fp.get("source") else ".")
         )
     runs = prov.get("runs", {})
-    lines.append(
-        f"- Runs: {runs.get('ok', 0)} successful, {runs.get('failed', 0)} failed; finished "
-        f"between {runs.get('first_finished_at')} and {runs.get('last_finished_at')}."
-    )
-    commits = ", ".join(f"`{c}`" for c in prov.get("git_commits", []))
+    when = ""
+    if runs.get("first_finished_at"):
+        when = f"; finished between {runs['first_finished_at']} and {runs['last_finished_at']}"
+    lines.append(f"- Runs: {runs.get('ok', 0)} successful, {runs.get('failed', 0)} failed{when}.")
+    commits = ", ".join(f"`{c}`" for c in prov.get("git_commits", []) if c)
     lines.append(f"- Code: commit {commits or 'unknown'}.")
     packages = ", ".join(f"{k} {'/'.join(v)}" for k, v in prov.get("packages", {}).items())
-    python = "/".join(str(v) for v in prov.get("python", []))
-    lines.append(f"- Packages: {packages}; Python {python}.")
+    python = "/".join(str(v) for v in prov.get("python", []) if v)
+    lines.append(
+        f"- Packages: {packages or 'unknown'}" + (f"; Python {python}." if python else ".")
+    )
     for h in prov.get("hardware", []):
         m = h["machine"]
+        if not any(m.values()):
+            continue
         who = f" ({', '.join(h['models'])})" if len(prov["hardware"]) > 1 else ""
         lines.append(
             f"- Hardware{who}: {m.get('device')} ({m.get('device_name')}), "
-            f"{m.get('cpu_count')} CPUs, {m.get('platform')}."
+            f"{m.get('cpu_count')} CPUs" + (f", {m['platform']}." if m.get("platform") else ".")
         )
     hashes = "; ".join(
         f"{model} `{', '.join(str(h) for h in info['config_hashes'])}`"
         for model, info in prov.get("models", {}).items()
         if info["config_hashes"]
     )
-    lines.append(f"- Config hashes: {hashes}.")
+    if hashes:
+        lines.append(f"- Config hashes: {hashes}.")
     lines.append(f"- Full record: `{json_name or board.dataset + '.provenance.json'}`.")
     return "\n".join(lines)
 

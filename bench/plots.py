@@ -87,7 +87,7 @@ def learning_curves(
     ax = fig.add_subplot()
     for model in order:
         by_epoch = scores[model].groupby("epoch")["score"].agg(["mean", "min", "max", "count"])
-        epochs = by_epoch.index.to_numpy() + 1  # 1-based epochs read more naturally
+        epochs = by_epoch.index.to_numpy()  # 0-based, as best_epoch in the tables
         seeds = int(scores[model]["seed"].nunique())
         (line,) = ax.plot(
             epochs, by_epoch["mean"], marker="o", markersize=3, label=f"{model} ({seeds} seeds)"
@@ -100,7 +100,7 @@ def learning_curves(
             spread = [by_epoch["mean"] - by_epoch["min"], by_epoch["max"] - by_epoch["mean"]]
             ax.errorbar(epochs, by_epoch["mean"], yerr=spread, color=line.get_color(), capsize=4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (from 0)")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("Validation learning curves (mean over seeds, band: min-max)")
     ax.grid(True, alpha=0.3)

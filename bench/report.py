@@ -20,32 +20,37 @@ from bench.io import write_json, write_text
 
 def _timing_markdown(board: leaderboard.Board) -> str:
     lines = [
-        "Mean ± sample std over seeds. Epochs run include those after the best one (early "
-        "stopping patience); seconds per epoch are training seconds over epochs run.",
+        "Mean ± sample std over seeds. Fit: the whole training, validation epochs included; "
+        "per epoch: the recorded training and validation seconds of each epoch; test: the "
+        "final evaluation. Epochs run include those after the best one (early stopping "
+        "patience); epochs count from 0.",
         "",
-        "| model | seeds | epochs run | best epoch | train s | s / epoch | eval s | total s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | seeds | epochs run | best epoch | fit s | train s / epoch | valid s / epoch "
+        "| test s | total s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def cell(values: list[float], digits: int = 1) -> str:
-        mean, std, n = stats.mean_std(values)
+    def cell(values: list[Any], digits: int = 1) -> str:
+        mean, std, n = stats.mean_std(v for v in values if v is not None)
         if n == 0:
             return ""
         return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    def per_epoch(run: dict[str, Any], key: str) -> float | None:
+        values = [e.get(key) for e in run.get("epochs") or [] if e.get(key) is not None]
+        return sum(values) / len(values) if values else None
 
     for model in board.table["model"]:
         runs = [r for r in board.ok if r["model"] == model]
         if not runs:
             continue
-        epochs = [len(r.get("epochs") or []) for r in runs]
         timing = [r.get("timing") or {} for r in runs]
-        per_epoch = [
-            t.get("train_seconds", 0.0) / e for t, e in zip(timing, epochs, strict=True) if e
-        ]
         lines.append(
-            f"| {model} | {len(runs)} | {cell(epochs)} | "
+            f"| {model} | {len(runs)} | {cell([len(r.get('epochs') or []) for r in runs])} | "
             f"{cell([r.get('best_epoch') for r in runs])} | "
-            f"{cell([t.get('train_seconds') for t in timing])} | {cell(per_epoch, 2)} | "
+            f"{cell([t.get('train_seconds') for t in timing])} | "
+            f"{cell([per_epoch(r, 'train_seconds') for r in runs], 2)} | "
+            f"{cell([per_epoch(r, 'valid_seconds') for r in runs], 2)} | "
             f"{cell([t.get('eval_seconds') for t in timing])} | "
             f"{cell([t.get('total_seconds') for t in timing])} |"
         )

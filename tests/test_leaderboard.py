@@ -1,19 +1,35 @@
-"""Leaderboards built from per-run results."""
+"""Leaderboards built from per-run results: aggregation, flags, significance, provenance."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from bench import leaderboard
-from bench.results import write_result
+from bench.errors import BenchError
+from bench.results import PER_USER_KEY, write_result
+
+USERS = np.array([f"u{i}" for i in range(60)])
 
 
-def _result(model, seed, ndcg, config_hash="a", status="ok"):
+def _result(
+    model,
+    seed,
+    ndcg,
+    config_hash="a",
+    status="ok",
+    commit="c1",
+    data_hash="h1",
+    per_user=None,
+    finished="2026-01-01T00:00:00+00:00",
+):
     base = {"dataset": "d", "model": model, "seed": seed, "status": status}
     if status != "ok":
         return {**base, "error": {"type": "RuntimeError", "message": "boom"}}
-    return {
+    result = {
         **base,
         "family": "sequential",
         "quick": False,
@@ -22,7 +38,30 @@ def _result(model, seed, ndcg, config_hash="a", status="ok"):
         "best_epoch": seed + 1,
         "test": {"ndcg@10": ndcg, "hit@10": 2 * ndcg},
         "timing": {"train_seconds": 10.0},
+        "data": {"sha256": {"d.inter": data_hash}, "users": 60, "items": 9, "interactions": 99},
+        "environment": {
+            "git_commit": commit,
+            "packages": {"recbole": "1.2.1"},
+            "device": "cpu",
+            "device_name": "x86_64",
+            "cpu_count": 2,
+        },
+        "config": {
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+            "MAX_ITEM_LIST_LENGTH": 50,
+            "exclude_history_items": True,
+            "metrics": ["NDCG", "Hit"],
+            "topk": [10],
+        },
+        "finished_at": finished,
     }
+    if per_user is not None:
+        result[PER_USER_KEY] = {
+            "user_id": USERS,
+            "ndcg@10": per_user,
+            "hit@10": (per_user > 0).astype(float),
+        }
+    return result
 
 
 def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
@@ -38,20 +77,164 @@ def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
     assert list(table["model"]) == ["B", "A", "C"]
     row_a = table.set_index("model").loc["A"]
     assert row_a["seeds"] == 2 and row_a["test_ndcg@10"] == pytest.approx(0.15)
+    assert row_a["test_ndcg@10_std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
     assert row_a["best_epoch"] == pytest.approx(1.5)
     assert table.set_index("model").loc["C", "failed"] == 1
     md = md_path.read_text()
+    # One seed: no std. The second best is in italics.
     assert "| B | sequential | 1 | **0.3000** | **0.6000** |" in md
+    assert "| A | sequential | 2 | _0.1500 ± 0.0707_ | _0.3000 ± 0.1414_ |" in md
+    assert "**bold** is the best and _italics_ the second best" in md
     assert "C: 1 failed run(s)." in md
 
 
-def test_rows_mixing_configs_are_flagged(tmp_path):
+def test_rows_mixing_configs_commits_or_data_are_flagged(tmp_path):
     write_result(tmp_path, _result("A", 0, 0.1, config_hash="x"))
     write_result(tmp_path, _result("A", 1, 0.2, config_hash="y"))
+    write_result(tmp_path, _result("B", 0, 0.1, commit="c1"))
+    write_result(tmp_path, _result("B", 1, 0.2, commit="c2-dirty"))
+    write_result(tmp_path, _result("C", 0, 0.1, data_hash="h1"))
+    write_result(tmp_path, _result("C", 1, 0.2, data_hash="h2"))
+    write_result(tmp_path, _result("D", 0, 0.1))
+    write_result(tmp_path, _result("D", 1, 0.2))
+    csv_path, md_path = leaderboard.write(tmp_path, "d")
+    table = pd.read_csv(csv_path, keep_default_na=False).set_index("model")
+    assert table.loc["A", "flags"] == "mixed-config" and table.loc["A", "config_hash"] == "x,y"
+    assert table.loc["B", "flags"] == "mixed-commit" and table.loc["B", "mixed_commit"]
+    assert table.loc["C", "flags"] == "mixed-data" and table.loc["C", "mixed_data"]
+    assert table.loc["D", "flags"] == ""
+    md = md_path.read_text()
+    assert "Seeds of A ran with different configs (x,y)" in md
+    assert "Seeds of B ran on different code versions (c1, c2-dirty)" in md
+    assert "Seeds of C ran on different data files" in md
+    assert "Rows ran on different data files" in md  # C's second fingerprint differs from all
+    provenance = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert provenance["models"]["B"]["git_commits"] == ["c1", "c2-dirty"]
+    assert provenance["models"]["A"]["config_hashes"] == ["x", "y"]
+    assert len(provenance["dataset_fingerprints"]) == 2
+
+
+def _significance_fixture(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random(60)
+    for seed in (0, 1):
+        noise = rng.normal(0, 0.01, 60)
+        runs = {
+            "Strong": base + 0.3 + noise,
+            "Twin": base + 0.3 + rng.normal(0, 0.01, 60),
+            "Weak": base + noise,
+        }
+        for model, values in runs.items():
+            write_result(
+                tmp_path,
+                _result(
+                    model,
+                    seed,
+                    float(values.mean()),
+                    per_user=values,
+                    finished=f"2026-01-0{seed + 1}T00:00:00+00:00",
+                ),
+            )
+
+
+def test_significance_against_the_best_and_a_baseline(tmp_path):
+    _significance_fixture(tmp_path)
+    _, md_path = leaderboard.write(tmp_path, "d", baseline="Weak")
+    sig = pd.read_csv(tmp_path / "leaderboard" / "d.significance.csv")
+    best = sig[(sig["role"] == "best") & (sig["metric"] == "ndcg@10")]
+    assert set(best["reference"]) == {best["reference"].iloc[0]}
+    reference = best["reference"].iloc[0]
+    assert reference in {"Strong", "Twin"}
+    weak = best[best["model"] == "Weak"].set_index("test")
+    assert weak["significant"].all() and (weak["mean_diff"] < -0.25).all()
+    assert (weak["n_users"] == 60).all() and (weak["p_holm"] >= weak["p_value"]).all()
+    assert weak.loc["wilcoxon", "effect_size_kind"] == "rank_biserial"
+    assert weak.loc["t", "effect_size_kind"] == "cohens_d" and weak.loc["t", "effect_size"] < 0
+    twin = "Twin" if reference == "Strong" else "Strong"
+    assert not best[best["model"] == twin]["significant"].any()
+    baseline = sig[(sig["role"] == "baseline") & (sig["metric"] == "ndcg@10")]
+    assert set(baseline["reference"]) == {"Weak"} and baseline["significant"].all()
+    assert set(sig["metric"]) == {"ndcg@10", "hit@10"}
+    md = md_path.read_text()
+    weak_row = next(line for line in md.splitlines() if line.startswith("| Weak |"))
+    assert "†" in weak_row and "‡" not in weak_row
+    twin_row = next(line for line in md.splitlines() if line.startswith(f"| {twin} |"))
+    ndcg_cell = twin_row.split("|")[4]
+    assert "†" not in ndcg_cell and "‡" in ndcg_cell
+    assert "## Significance (ndcg@10)" in md and "Holm" in md
+    assert f"significantly different from the best model, {reference}" in md
+
+
+def test_seed_averaged_per_user_values_enter_the_tests(tmp_path):
+    _significance_fixture(tmp_path)
+    board = leaderboard.compute(tmp_path, "d")
+    per_user = leaderboard.per_user_values(tmp_path, "d", board.results)
+    assert len(per_user["Weak"]) == 60
+    row = board.significance.query("model == 'Weak' and metric == 'ndcg@10' and test == 't'")
+    table = board.table.set_index("model")
+    # Same users in every seed: the mean of seed-averaged user values is the mean over seeds.
+    assert row["mean_model"].iloc[0] == pytest.approx(table.loc["Weak", "test_ndcg@10"])
+
+
+def test_provenance_states_protocol_data_code_and_dates(tmp_path):
+    _significance_fixture(tmp_path)
     _, md_path = leaderboard.write(tmp_path, "d")
-    assert "Seeds of A ran with different configs" in md_path.read_text()
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["protocol"]["split"] == {"LS": "valid_and_test"}
+    assert prov["protocol"]["max_sequence_length"] == 50
+    assert prov["protocol"]["exclude_history_items"] is True
+    assert prov["protocol"]["valid_metric"] == "ndcg@10"
+    fingerprint = prov["dataset_fingerprints"][0]
+    assert fingerprint["users"] == 60 and fingerprint["sha256"] == {"d.inter": "h1"}
+    assert prov["git_commits"] == ["c1"] and prov["packages"] == {"recbole": ["1.2.1"]}
+    assert prov["hardware"][0]["machine"]["cpu_count"] == 2
+    assert prov["runs"]["first_finished_at"].startswith("2026-01-01")
+    assert prov["runs"]["last_finished_at"].startswith("2026-01-02")
+    assert prov["models"]["Weak"]["config_hashes"] == ["a"]
+    md = md_path.read_text()
+    assert "## Provenance" in md and "leave-one-out" in md and fingerprint["digest"] in md
+    assert "history items excluded from the ranking: yes" in md and "2 CPUs" in md
+
+
+def test_protocol_differences_across_rows_are_noted(tmp_path):
+    general = _result("G", 0, 0.1)
+    general["family"] = "general"
+    general["config"]["MAX_ITEM_LIST_LENGTH"] = 7  # not read by a general model
+    write_result(tmp_path, general)
+    write_result(tmp_path, _result("S", 0, 0.2))
+    _, md_path = leaderboard.write(tmp_path, "d")
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["protocol"]["max_sequence_length"] == 50 and prov["protocols"] == []
+    assert "different protocols" not in md_path.read_text()
+    other = _result("T", 0, 0.3)
+    other["config"]["MAX_ITEM_LIST_LENGTH"] = 200
+    write_result(tmp_path, other)
+    _, md_path = leaderboard.write(tmp_path, "d")
+    md = md_path.read_text()
+    assert "Rows followed different protocols" in md
+    # G (general) fits either protocol and is listed with both.
+    assert "- Protocol 2 (G, T):" in md and "max sequence length 200" in md
+
+
+def test_unknown_baseline_is_a_bench_error(tmp_path):
+    write_result(tmp_path, _result("A", 0, 0.1))
+    write_result(tmp_path, _result("F", 0, 0.0, status="failed"))
+    with pytest.raises(BenchError, match="unknown"):
+        leaderboard.write(tmp_path, "d", baseline="Nope")
+    with pytest.raises(BenchError, match="no successful run"):
+        leaderboard.write(tmp_path, "d", baseline="F")
 
 
 def test_no_results_writes_nothing(tmp_path):
     assert leaderboard.write(tmp_path, "d") is None
     assert not (tmp_path / "leaderboard").exists()
+
+
+def test_budget_limited_runs_are_noted(tmp_path):
+    result = _result("A", 0, 0.1)
+    result["stopped_by_budget"] = True
+    write_result(tmp_path, result)
+    write_result(tmp_path, _result("A", 1, 0.2))
+    csv_path, md_path = leaderboard.write(tmp_path, "d")
+    assert pd.read_csv(csv_path).loc[0, "budget_limited"] == 1
+    assert "A: 1 of 2 run(s) stopped by the training time budget" in md_path.read_text()

@@ -1,0 +1,121 @@
+"""Figures and the markdown report, from synthetic results and from real ml-100k runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench import api, leaderboard, plots
+from bench.cli import app
+from bench.errors import BenchError
+from bench.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_figures(paths: list[Path]) -> None:
+    from matplotlib.image import imread
+
+    png, svg = paths
+    assert png.suffix == ".png" and svg.suffix == ".svg"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert imread(png).size > 0
+    assert "<svg" in svg.read_text()
+    assert not list(png.parent.glob("*.tmp"))
+
+
+def _synthetic_results():
+    results = []
+    for model, scale in (("A", 1.0), ("B", 0.5)):
+        for seed in (0, 1):
+            epochs = 3 if seed == 0 else 2  # early stopping: curves align by epoch
+            results.append(
+                {
+                    "status": "ok",
+                    "model": model,
+                    "seed": seed,
+                    "valid_metric": "ndcg@10",
+                    "epochs": [
+                        {"epoch": e, "valid_score": scale * (e + 1) / 10 + seed / 100}
+                        for e in range(epochs)
+                    ],
+                    "test": {"ndcg@5": scale * 0.1, "ndcg@10": scale * 0.2, "hit@10": scale * 0.3},
+                    "timing": {"train_seconds": 1.0},
+                }
+            )
+    return results
+
+
+def test_figures_are_written_as_png_and_svg(tmp_path):
+    results = _synthetic_results()
+    table = leaderboard.build(results)
+    _check_figures(plots.learning_curves(results, tmp_path))
+    _check_figures(plots.metric_bars(table, "ndcg@10", tmp_path))
+    _check_figures(plots.metric_at_k(table, tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bar_ndcg_at_10.png",
+        "bar_ndcg_at_10.svg",
+        "learning_curves.png",
+        "learning_curves.svg",
+        "metric_at_k.png",
+        "metric_at_k.svg",
+    ]
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory) -> Path:
+    """Pop and BPR, two seeds each, two epochs, on ml-100k (a few seconds per run)."""
+    out = tmp_path_factory.mktemp("runs")
+    summary = api.run(["Pop", "BPR"], "ml-100k", seeds=[0, 1], epochs=2, out=out, device="cpu")
+    assert not summary.failed
+    return out
+
+
+def test_report_from_real_runs(real_runs):
+    path = write_report(real_runs, "ml-100k", baseline="BPR")
+    assert path == real_runs / "reports" / "ml-100k" / "report.md"
+    text = path.read_text()
+    assert text.startswith("# Benchmark report: ml-100k")
+    assert re.search(r"\| Pop \| traditional \| 2 \| \*\*0\.\d{4} ± 0\.\d{4}\*\*", text)
+    assert re.search(r"\| BPR \| general \| 2 \| _0\.\d{4} ± 0\.\d{4}_", text)
+    assert "## Significance (ndcg@10)" in text and "| BPR | Pop (best) | ndcg@10 | 943 |" in text
+    assert "| Pop | BPR (baseline) | ndcg@10 | 943 |" in text
+    assert "## Training time" in text and "## Provenance" in text
+    assert "Full record: `provenance.json`" in text
+    links = re.findall(r"\]\((figures/[^)]+)\)", text)
+    assert {Path(link).suffix for link in links} == {".png", ".svg"} and len(links) == 6
+    for link in links:
+        assert (path.parent / link).stat().st_size > 0
+    _check_figures([path.parent / "figures" / "learning_curves.png", path.parent / link])
+    sig = pd.read_csv(path.parent / "significance.csv")
+    assert set(sig["reference"]) == {"Pop", "BPR"} and (sig["n_users"] == 943).all()
+    assert (path.parent / "provenance.json").is_file()
+    assert not list(path.parent.rglob("*.tmp"))
+    # bench run refreshed the leaderboard with the same statistics, without a baseline.
+    board_md = (real_runs / "leaderboard" / "ml-100k.md").read_text()
+    assert "## Significance (ndcg@10)" in board_md and "(baseline)" not in board_md
+    assert (real_runs / "leaderboard" / "ml-100k.provenance.json").is_file()
+
+
+def test_cli_report_and_leaderboard_baseline(real_runs):
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", "--dataset", "ml-100k", "--results", str(real_runs)])
+    assert done.exit_code == 0, done.output
+    assert "report.md" in done.output
+    done = runner.invoke(app, ["leaderboard", "--results", str(real_runs), "--baseline", "BPR"])
+    assert done.exit_code == 0, done.output
+    sig = pd.read_csv(real_runs / "leaderboard" / "ml-100k.significance.csv")
+    assert "baseline" in set(sig["role"])
+    bad = runner.invoke(
+        app, ["report", "--dataset", "ml-100k", "--results", str(real_runs), "--baseline", "Nope"]
+    )
+    assert isinstance(bad.exception, BenchError) and "Nope" in str(bad.exception)
+
+
+def test_report_without_results_is_a_bench_error(tmp_path):
+    with pytest.raises(BenchError, match="no results"):
+        write_report(tmp_path, "ml-100k")
