@@ -169,9 +169,10 @@ def tune(
         float | None, typer.Option(help="GPU share per trial (0.25: 4 per GPU); default 1 or 0")
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Journal file or database URL [<out>/studies/journal.log]")
+        str | None,
+        typer.Option(help="Journal file or database URL; default <out>/studies/journal.log"),
     ] = None,
-    study: Annotated[str | None, typer.Option(help="Study name [<Model>-<dataset>]")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; default <Model>-<dataset>")] = None,
     timeout: Annotated[float | None, typer.Option(help="Start no trial after S seconds")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none")] = "median",
     sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
@@ -183,7 +184,7 @@ def tune(
         str, typer.Option(help="Seeds to re-run the best config on; 'none' skips")
     ] = "0,1,2",
     space: Annotated[
-        Path | None, typer.Option(help="Search space file [configs/search/<Model>.yaml]")
+        Path | None, typer.Option(help="Search space; default configs/search/<Model>.yaml")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of every trial")] = None,
     set_: Annotated[
@@ -286,7 +287,8 @@ def ablate(
 @app.command()
 def dashboard(
     storage: Annotated[
-        str | None, typer.Option(help="Journal file or database URL [<out>/studies/journal.log]")
+        str | None,
+        typer.Option(help="Journal file or database URL; default <out>/studies/journal.log"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless told)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8080,

@@ -192,7 +192,8 @@ class RayExecutor:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             try:
                 if address is None:
-                    ray.init(num_cpus=workers, **options)
+                    # "local": a fresh instance of our own, never one found running on this host.
+                    ray.init(address="local", num_cpus=workers, **options)
                 else:
                     ray.init(address=address, **options)
             except Exception as exc:  # ConnectionError, ValueError: unreachable or bad address

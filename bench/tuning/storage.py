@@ -51,8 +51,11 @@ def open_storage(spec: str, create: bool = True) -> Any:
     import optuna
 
     if is_url(spec):
-        if spec.startswith("sqlite:///") and create:
-            Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if spec.startswith("sqlite:///"):
+            database = Path(spec.removeprefix("sqlite:///"))
+            if not create and not database.is_file():  # SQLite would create an empty one
+                raise BenchError(f"no study storage at {database} (run bench tune first)")
+            database.parent.mkdir(parents=True, exist_ok=True)
         try:
             return optuna.storages.RDBStorage(spec)
         except Exception as exc:  # sqlalchemy raises many kinds: bad URL, driver missing, refused

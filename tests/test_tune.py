@@ -1,0 +1,334 @@
+"""bench tune: search spaces, in-process trials (pruning, failures, export, --tuned), Ray workers
+in parallel, and kill-and-resume of a real driver process. Tiny SASRec runs on ml-100k."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import configs
+from bench.errors import BenchError
+from tests.helpers import ROOT
+
+# Tiny SASRec on a 2,000-sample subset, evaluated on 200 users: a trial takes seconds on a CPU.
+FAST = {
+    "hidden_size": 8,
+    "inner_size": 16,
+    "n_layers": 1,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "train_batch_size": 256,
+    "train_sample_limit": 2000,
+    "eval_user_limit": 200,
+}
+LR_SPACE = "learning_rate: {type: float, low: 1.0e-3, high: 2.0e-2}\n"
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the config tree, so exported tuned files never land in the repository."""
+    target = tmp_path / "configs"
+    shutil.copytree(configs.CONFIG_DIR, target, ignore=shutil.ignore_patterns("tuned"))
+    monkeypatch.setattr(configs, "CONFIG_DIR", target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One results folder for the session's studies (and ablations: tests/test_ablate.py uses
+    the same), so ml-100k is processed and cached once."""
+    folder = tmp_path_factory.getbasetemp() / "tuning-out"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _study(storage: Path, name: str):
+    import optuna
+
+    from bench.tuning.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
+
+
+# --- search spaces -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: {type: uniform, low: 0, high: 1}", "unknown type 'uniform'"),
+        ("lr: {type: float, low: 0.1, high: 0.01}", "low (0.1) > high (0.01)"),
+        ("lr: {type: float, low: 0, high: 1, log: true}", "log scale needs low > 0"),
+        ("n: {type: int, low: 1.5, high: 3}", "'low' must be an integer"),
+        ("h: {type: categorical, choices: []}", "non-empty list"),
+        ("h: {type: categorical, choice: [1]}", "unknown field(s) choice"),
+        ("h: 64", "expected a mapping"),
+    ],
+)
+def test_malformed_space_is_one_line_bench_error(tmp_path: Path, text: str, message: str) -> None:
+    from bench.tuning.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(BenchError) as err:
+        load_space("SASRec", path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_space_file(config_dir: Path) -> None:
+    from bench.tuning.space import load_space
+
+    with pytest.raises(BenchError, match="no search space for NoSuchModel"):
+        load_space("NoSuchModel")
+
+
+def test_space_distributions_and_json_choices(tmp_path: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from bench.tuning.space import parse_space
+
+    space = parse_space(
+        {
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "dropout_prob": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25},
+            "n_layers": {"type": "int", "low": 1, "high": 3},
+            "mlp_hidden_size": {"type": "categorical", "choices": [[600], [200, 200]]},
+        }
+    )
+    d = space.distributions
+    assert isinstance(d["learning_rate"], FloatDistribution) and d["learning_rate"].log
+    assert isinstance(d["n_layers"], IntDistribution)
+    assert isinstance(d["mlp_hidden_size"], CategoricalDistribution)
+    assert space.settings({"mlp_hidden_size": "[200, 200]", "n_layers": 2}) == {
+        "mlp_hidden_size": [200, 200],
+        "n_layers": 2,
+    }
+    with pytest.raises(BenchError, match="needs a step"):
+        space.grid()  # learning_rate is continuous
+    grid = parse_space({"p": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.25}}).grid()
+    assert grid == {"p": [0.0, 0.25, 0.5]}
+
+
+def _shipped_models() -> list[str]:
+    from recbole_ext import registry
+
+    own = [spec.name for spec in registry.all_models() if spec.source == "recbole_ext"]
+    builtin = "Pop BPR ItemKNN EASE GRU4Rec NARM SASRec BERT4Rec S3Rec FPMC TransRec NGCF"
+    builtin += " LightGCN MultiVAE MultiDAE RecVAE"
+    return sorted(set(own) | set(builtin.split()))
+
+
+def test_every_shipped_model_has_a_valid_search_space() -> None:
+    """Each space parses, and names only keys the model's config knows (no typos)."""
+    from bench.runner import RunRequest, check_settings, prepare
+    from bench.tuning.space import load_space
+
+    for model in _shipped_models():
+        space = load_space(model)
+        if model != "Pop":  # Pop has nothing to tune; its file says so
+            assert space.distributions, model
+        prepared = prepare(RunRequest(dataset="ml-100k", model=model, device="cpu"))
+        check_settings(dict.fromkeys(space.distributions), [prepared])
+
+
+def test_bad_tune_input_is_refused_before_any_trial(config_dir: Path, tmp_path: Path) -> None:
+    from bench.tuning import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text(LR_SPACE)
+    common = {"trials": 1, "space": space, "out": tmp_path / "out", "device": "cpu"}
+    with pytest.raises(BenchError, match="journal file .* local to this machine"):
+        tune("SASRec", "ml-100k", ray_address="ray://head:10001", **common)
+    with pytest.raises(BenchError, match="both searched"):
+        tune("SASRec", "ml-100k", settings={"learning_rate": 0.1}, **common)
+    with pytest.raises(BenchError, match="unknown --pruner"):
+        tune("SASRec", "ml-100k", pruner="asha", **common)
+    with pytest.raises(BenchError, match="has no hyperparameter to tune"):
+        tune("Pop", "ml-100k", trials=1, out=tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out" / "studies").exists()
+
+
+# --- trials in this process ----------------------------------------------------------------
+
+
+def test_in_process_study_prunes_isolates_failures_exports_and_reruns(
+    config_dir: Path, tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from bench.tuning import tune
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # one worker: Ray must not even be imported
+    space = tmp_path / "space.yaml"
+    space.write_text(LR_SPACE)
+    storage = tmp_path / "studies.log"
+    lines: list[str] = []
+    summary = tune(
+        "SASRec",
+        "ml-100k",
+        trials=4,
+        space=space,
+        storage=storage,
+        study_name="inproc",
+        out=out,
+        settings=FAST,
+        epochs=2,
+        pruner="median",
+        pruner_startup_trials=1,
+        pruner_warmup_epochs=0,
+        # A good trial, an impossible one (Adam refuses a negative rate), one that cannot learn,
+        # one whose loss turns NaN.
+        enqueue=[{"learning_rate": r} for r in (1e-2, -1.0, 0.0, 1e30)],
+        final_seeds=[0],
+        device="cpu",
+        progress=lines.append,
+    )
+    study = _study(storage, "inproc")
+    trials = study.get_trials()
+    states = optuna.trial.TrialState
+    assert [t.state for t in trials] == [states.COMPLETE, states.FAIL, states.PRUNED, states.FAIL]
+    assert "Invalid learning rate" in trials[1].user_attrs["error"]
+    assert "nan" in trials[3].user_attrs["error"].lower()
+    assert trials[2].user_attrs["error"].startswith("pruned after epoch")
+
+    good = trials[0]
+    assert sorted(good.intermediate_values) == [0, 1]  # every epoch reported
+    # The objective is the validation metric; test metrics are only recorded.
+    assert good.value == pytest.approx(good.user_attrs["valid"]["ndcg@10"])
+    assert "ndcg@10" in good.user_attrs["test"]
+    for trial in trials:
+        assert (out / "studies" / "inproc" / f"trial-{trial.number}" / "result.json").is_file()
+
+    best = study.best_trial
+    assert summary.best_trial == best.number == 0
+    tuned = configs.tuned_file("ml-100k", "SASRec")
+    assert summary.tuned_file == tuned and tuned.parent.parent.parent == config_dir
+    header = tuned.read_text()
+    assert f"study 'inproc', trial {best.number}, validation ndcg@10" in header
+    assert yaml.safe_load(header) == {"learning_rate": best.params["learning_rate"]}
+    # The final run used --tuned: its resolved config holds the exported value.
+    final = (out / "runs" / "ml-100k" / "SASRec" / "seed-0.json").read_text()
+    config = json.loads(final)["config"]
+    assert config["learning_rate"] == best.params["learning_rate"]
+    assert config["hidden_size"] == 8  # the study's --set settings carried over
+    assert (out / "leaderboard" / "ml-100k.md").is_file()
+    assert any(line.startswith("final seed 0: test ndcg@10=") for line in lines)
+
+
+# --- Ray workers ---------------------------------------------------------------------------
+
+
+def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
+    config_dir: Path, tmp_path: Path, out: Path
+) -> None:
+    import optuna
+
+    from bench.tuning import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text(LR_SPACE)
+    storage = tmp_path / "ray.log"
+    summary = tune(
+        "SASRec",
+        "ml-100k",
+        trials=3,
+        workers=2,
+        space=space,
+        storage=storage,
+        study_name="ray",
+        out=out,
+        settings=FAST,
+        epochs=1,
+        pruner="median",
+        pruner_startup_trials=1,
+        pruner_warmup_epochs=0,
+        # The third (a model that cannot learn) starts once a first trial has finished.
+        enqueue=[{"learning_rate": 1e-2}, {"learning_rate": 5e-3}, {"learning_rate": 0.0}],
+        final_seeds=(),
+    )
+    trials = _study(storage, "ray").get_trials()
+    states = optuna.trial.TrialState
+    first, second, third = trials
+    # Two worker processes, not this one, ran the first two trials at the same time. (The one
+    # that finishes second may be pruned against the first: both outcomes are fine here.)
+    assert first.state.is_finished() and second.state.is_finished()
+    assert first.user_attrs["pid"] != second.user_attrs["pid"]
+    assert os.getpid() not in (first.user_attrs["pid"], second.user_attrs["pid"])
+    starts = [t.user_attrs["started_at"] for t in (first, second)]
+    ends = [t.user_attrs["finished_at"] for t in (first, second)]
+    assert max(starts) < min(ends)
+    # The third, a model that cannot learn, starts once the first trial is complete; its worker
+    # reported to the study and asked the pruner itself.
+    assert third.state == states.PRUNED and third.intermediate_values
+    assert summary.counts["complete"] >= 1 and summary.best_trial in (0, 1)
+
+
+# --- kill and resume -----------------------------------------------------------------------
+
+
+def test_sigkilled_driver_resumes_without_losing_or_double_counting(
+    config_dir: Path, tmp_path: Path, out: Path
+) -> None:
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text(LR_SPACE)
+    storage = tmp_path / "kill.log"
+    sets = [x for key, value in FAST.items() for x in ("--set", f"{key}={value}")]
+    command = [
+        sys.executable, "-m", "bench", "tune", "--model", "SASRec", "--dataset", "ml-100k",
+        "--trials", "2", "--storage", str(storage), "--study", "kill", "--space", str(space),
+        "--out", str(out), "--epochs", "2", "--pruner", "none",
+        "--sampler", "random", "--final-seeds", "none", "--device", "cpu", *sets,
+    ]  # fmt: skip
+    env = {**os.environ, "BENCH_CONFIG_DIR": str(config_dir)}
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    states = optuna.trial.TrialState
+    deadline = time.monotonic() + 240
+    try:
+        while True:  # kill once a trial is complete and the next one is running
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial completed in time"
+            if storage.is_file() and storage.stat().st_size:
+                try:
+                    seen = {t.state for t in _study(storage, "kill").get_trials()}
+                except KeyError:  # the study is not created yet
+                    seen = set()
+                if states.COMPLETE in seen and states.RUNNING in seen:
+                    break
+            time.sleep(0.3)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    before = {t.number: t for t in _study(storage, "kill").get_trials()}
+    completed = {n: t.value for n, t in before.items() if t.state == states.COMPLETE}
+    running = [n for n, t in before.items() if t.state == states.RUNNING]
+    assert completed and len(running) == 1
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "left RUNNING by a stopped driver" in second.stdout
+    after = _study(storage, "kill").get_trials()
+    by_number = {t.number: t for t in after}
+    for number, value in completed.items():  # completed trials kept as they were
+        assert by_number[number].state == states.COMPLETE and by_number[number].value == value
+    killed = by_number[running[0]]
+    assert killed.state == states.FAIL and killed.user_attrs["interrupted"] is True
+    retries = [t for t in after if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    counted = [t for t in after if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 2  # --trials 2 in total, across both drivers
+    assert all(t.state.is_finished() for t in after)
+    assert configs.tuned_file("ml-100k", "SASRec").is_file()
