@@ -1,4 +1,5 @@
-"""FME: scores and loss equal a direct computation from the embedding tables; training runs."""
+"""PRME and FME: scores and loss equal a direct computation from the embedding tables; training
+runs. The two metric-embedding models differ only in their score, so one module tests both."""
 
 from __future__ import annotations
 
@@ -13,14 +14,34 @@ from recbole.utils import get_trainer
 
 import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from recbole_ext.models.fme import FME
+from recbole_ext.models.prme import PRME
 from tests.helpers import ROOT, write_inter
 
-YAML = str(ROOT / "configs" / "models" / "FME.yaml")
 ALPHA = 0.3
 
 
-@pytest.fixture
-def setup(tmp_path: Path):
+def _prme_score(pref_user, pref_item, seq_last, seq_item):
+    """-(alpha ||U_u - XP_i||^2 + (1 - alpha) ||XS_last - XS_i||^2)"""
+    pref = np.sum((pref_user - pref_item) ** 2)
+    seq = np.sum((seq_last - seq_item) ** 2)
+    return -(ALPHA * pref + (1 - ALPHA) * seq)
+
+
+def _fme_score(pref_user, pref_item, seq_last, seq_item):
+    """alpha <U_u, V_i> - (1 - alpha) ||X_last - X_i||^2"""
+    return ALPHA * np.dot(pref_user, pref_item) - (1 - ALPHA) * np.sum((seq_last - seq_item) ** 2)
+
+
+# model class, name of its item-to-item table, direct score of one (user, last item, item)
+MODELS = {
+    "PRME": (PRME, "item_seq_embedding", _prme_score),
+    "FME": (FME, "item_trans_embedding", _fme_score),
+}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def setup(tmp_path: Path, request):
+    model_class = MODELS[request.param][0]
     rng = np.random.default_rng(0)
     rows = []
     for user in range(1, 21):
@@ -28,9 +49,9 @@ def setup(tmp_path: Path):
         rows += [(user, int(i), float(t)) for t, i in enumerate(items)]
     write_inter(tmp_path, "tiny", rows)
     config = Config(
-        model=FME,
+        model=model_class,
         dataset="tiny",
-        config_file_list=[YAML],
+        config_file_list=[str(ROOT / "configs" / "models" / f"{request.param}.yaml")],
         config_dict={
             "data_path": str(tmp_path),
             "checkpoint_dir": str(tmp_path / "ck"),
@@ -52,30 +73,30 @@ def setup(tmp_path: Path):
     dataset = create_dataset(config)
     train, valid, _ = data_preparation(config, dataset)
     torch.manual_seed(0)
-    model = FME(config, train._dataset)
+    model = model_class(config, train._dataset)
     return config, dataset, model, train, valid
 
 
-def _tables(model: FME) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tables(model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sequential_table = getattr(model, MODELS[type(model).__name__][1])
     return (
         model.user_embedding.weight.detach().double().numpy(),
         model.item_pref_embedding.weight.detach().double().numpy(),
-        model.item_trans_embedding.weight.detach().double().numpy(),
+        sequential_table.weight.detach().double().numpy(),
     )
 
 
-def _direct_scores(model: FME, interaction) -> np.ndarray:
-    """alpha <U_u, V_i> - (1 - alpha) ||X_last - X_i||^2 for every row and item."""
-    U, V, X = _tables(model)
+def _direct_scores(model, interaction) -> np.ndarray:
+    """The model's score for every row and item, one (user, item) pair at a time."""
+    score = MODELS[type(model).__name__][2]
+    U, XP, XS = _tables(model)
     users = interaction["user_id"].numpy()
     lengths = interaction["item_length"].numpy()
     last = interaction["item_id_list"].numpy()[np.arange(len(users)), lengths - 1]
-    scores = np.zeros((len(users), V.shape[0]))
+    scores = np.zeros((len(users), XP.shape[0]))
     for b, (u, lst) in enumerate(zip(users, last, strict=True)):
-        for i in range(V.shape[0]):
-            pref = np.dot(U[u], V[i])
-            trans = np.sum((X[lst] - X[i]) ** 2)
-            scores[b, i] = ALPHA * pref - (1 - ALPHA) * trans
+        for i in range(XP.shape[0]):
+            scores[b, i] = score(U[u], XP[i], XS[lst], XS[i])
     return scores
 
 
@@ -122,7 +143,7 @@ def test_scores_equal_direct_computation(setup):
 def test_loss_equals_bpr_plus_l2(setup):
     config, _, model, train, _ = setup
     batch = _first_batch(train)
-    U, V, X = _tables(model)
+    U, XP, XS = _tables(model)
     expected_scores = _direct_scores(model, batch)
     rows = np.arange(len(batch))
     pos, neg = batch["item_id"].numpy(), batch["neg_item_id"].numpy()
@@ -132,11 +153,11 @@ def test_loss_equals_bpr_plus_l2(setup):
     bpr = np.mean(np.log1p(np.exp(-diff)))
     reg = np.mean(
         (U[users] ** 2).sum(1)
-        + (V[pos] ** 2).sum(1)
-        + (V[neg] ** 2).sum(1)
-        + (X[last] ** 2).sum(1)
-        + (X[pos] ** 2).sum(1)
-        + (X[neg] ** 2).sum(1)
+        + (XP[pos] ** 2).sum(1)
+        + (XP[neg] ** 2).sum(1)
+        + (XS[last] ** 2).sum(1)
+        + (XS[pos] ** 2).sum(1)
+        + (XS[neg] ** 2).sum(1)
     )
     loss = float(model.calculate_loss(batch))
     assert loss == pytest.approx(bpr + config["reg_weight"] * reg, rel=1e-5)
