@@ -8,6 +8,7 @@ summary.leaderboard  # path of the markdown leaderboard
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ def resolve_models(models: str | Sequence[str], dataset: str) -> list[str]:
     return names
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_run_name(name: str, models: list[str]) -> None:
+    """A run name labels one model's runs and becomes a folder: letters, digits, ``._+-``."""
+    if len(models) != 1:
+        raise BenchError(f"--name labels one model's runs, but {len(models)} models were given")
+    if not _RUN_NAME.fullmatch(name):
+        raise BenchError(f"run name {name!r}: use letters, digits and . _ + - (at most 100)")
+
+
 def run(
     models: str | Sequence[str],
     dataset: str,
@@ -60,6 +72,7 @@ def run(
     resume: bool = False,
     progress: bool = False,
     command: str | None = None,
+    name: str | None = None,
 ) -> RunSummary:
     """Train and evaluate every (model, seed) on ``dataset``, write one result each under
     ``<out>/runs`` and refresh ``<out>/leaderboard/<dataset>.{csv,md}``.
@@ -76,11 +89,14 @@ def run(
         configs.load_yaml(path)
     if not seeds:
         raise BenchError("no seed given")
+    model_names = resolve_models(models, dataset)
+    if name is not None:
+        check_run_name(name, model_names)
     cache_dir = out / "cache" / "datasets"
     prepared_runs: list[PreparedRun] = []
     planned: list[PreparedRun] = []
     summary = RunSummary()
-    for model in resolve_models(models, dataset):
+    for model in model_names:
         for seed in seeds:
             request = RunRequest(
                 dataset=dataset,
@@ -93,11 +109,13 @@ def run(
                 device=device,
                 data_dir=str(data_dir) if data_dir is not None else None,
                 cache_dir=cache_dir,
+                name=name,
             )
             prepared = prepare(request)
             prepared_runs.append(prepared)
-            if resume and results.completed(out, dataset, prepared.spec.name, int(seed)):
-                summary.skipped.append((prepared.spec.name, int(seed)))
+            label = name or prepared.spec.name
+            if resume and results.completed(out, dataset, label, int(seed)):
+                summary.skipped.append((label, int(seed)))
                 continue
             planned.append(prepared)
 

@@ -53,6 +53,10 @@ def run(
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
     out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
     resume: Annotated[bool, typer.Option(help="Skip runs whose result exists")] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Store one model's runs as this leaderboard row (a variant)"),
+    ] = None,
 ) -> None:
     """Train and evaluate models on a dataset; write results and the leaderboard."""
     from bench import api, configs
@@ -72,6 +76,7 @@ def run(
         resume=resume,
         progress=True,
         command=shlex.join(["bench", *sys.argv[1:]]),
+        name=name,
     )
     for model, seed in summary.skipped:
         typer.echo(f"skipped {model} seed {seed}: result exists (--resume)")
@@ -107,6 +112,49 @@ def leaderboard_command(
         if written is None:
             raise BenchError(f"no results for dataset {name!r} under {results / 'runs'}")
         typer.echo(f"{name}: {written[0]} and {written[1]}")
+
+
+@app.command()
+def plan(
+    plan_file: Annotated[Path, typer.Argument(help="Plan file, e.g. configs/plans/<name>.yaml")],
+    parallel: Annotated[int, typer.Option(help="Runs at a time (processes)")] = 1,
+    deadline_s: Annotated[
+        float, typer.Option(help="Seconds for the whole plan; late runs get less budget; 0: none")
+    ] = 0,
+    reserve_s: Annotated[
+        float, typer.Option(help="Seconds kept for data loading and the test pass of a run")
+    ] = 120,
+    min_budget_s: Annotated[
+        float, typer.Option(help="A run granted less training time is not started")
+    ] = 60,
+    threads: Annotated[int, typer.Option(help="CPU threads per run")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
+    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    resume: Annotated[bool, typer.Option(help="Skip runs whose result exists")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing")] = False,
+) -> None:
+    """Run a plan's runs as parallel `bench run` processes; rebuild the leaderboards."""
+    from bench import plans
+
+    record = plans.execute(
+        plan_file,
+        out=out,
+        device=device,
+        data_dir=data_dir,
+        parallel=parallel,
+        deadline_s=deadline_s,
+        reserve_s=reserve_s,
+        min_budget_s=min_budget_s,
+        threads=threads,
+        resume=resume,
+        dry_run=dry_run,
+        echo=typer.echo,
+    )
+    failed = [r for r in record.runs if r.get("returncode")]
+    if failed or record.not_started:
+        typer.echo(f"{len(failed)} run(s) failed, {len(record.not_started)} not started", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -490,6 +490,17 @@ def _caption(board: Board) -> list[str]:
         text += f" {BASELINE_MARK}: significantly different from the baseline, {board.baseline}."
     elif board.baseline:
         text += f" The baseline, {board.baseline}, is the best model."
+    capped = [r for r in board.ok if (r.get("config") or {}).get("time_budget_s")]
+    if capped:
+        stopped = sum(bool(r.get("stopped_by_budget")) for r in capped)
+        caps = sorted({float(r["config"]["time_budget_s"]) for r in capped})
+        span = f"{caps[0]:.0f} s" if caps[0] == caps[-1] else f"{caps[0]:.0f}-{caps[-1]:.0f} s"
+        text = (
+            f"**Budget-limited:** {len(capped)} of {len(board.ok)} runs trained under a "
+            f"wall-clock cap (`time_budget_s`, {span}) and {stopped} of them stopped at it "
+            "before early stopping; their numbers are lower bounds of what the models reach.\n\n"
+            + text
+        )
     return [text]
 
 

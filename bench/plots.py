@@ -111,6 +111,51 @@ def learning_curves(
     return save(fig, folder, stem)
 
 
+def _kl_terms(results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per model: one row per (seed, epoch, term) for the epoch means of its KL loss terms
+    (``kl``, ``kl1``, ``kl2`` ... in ``loss_terms``)."""
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        for e in r.get("epochs") or []:
+            for term, value in (e.get("loss_terms") or {}).items():
+                if term.startswith("kl") and value is not None:
+                    rows[r["model"]].append(
+                        {"seed": r["seed"], "epoch": e["epoch"], "term": term, "value": value}
+                    )
+    return {model: pd.DataFrame(v) for model, v in rows.items() if v}
+
+
+def kl_curves(
+    results: list[dict[str, Any]],
+    folder: str | os.PathLike,
+    stem: str = "kl_curves",
+    models: list[str] | None = None,
+) -> list[Path] | None:
+    """Each KL term per epoch (mean over seeds, log scale): a term falling towards 0 is
+    posterior collapse. None when no run records a KL term."""
+    terms = _kl_terms(results)
+    order = [m for m in (models or sorted(terms)) if m in terms]
+    if not order:
+        return None
+    fig = _figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    for model in order:
+        frame = terms[model]
+        for term, part in frame.groupby("term"):
+            mean = part.groupby("epoch")["value"].mean()
+            seeds = int(part["seed"].nunique())
+            ax.plot(mean.index, mean.to_numpy(), marker=".", label=f"{model} {term} ({seeds})")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (from 0)")
+    ax.set_ylabel("KL per position, epoch mean")
+    ax.set_title("KL terms per epoch (mean over seeds): collapse shows as a fall towards 0")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="x-small", ncol=2)
+    return save(fig, folder, stem)
+
+
 def metric_bars(
     table: pd.DataFrame, metric: str, folder: str | os.PathLike, stem: str | None = None
 ) -> list[Path]:

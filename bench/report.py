@@ -87,6 +87,18 @@ def write_report(out: str | os.PathLike, dataset: str, baseline: str | None = No
             "the highest seed.",
         )
     )
+    kl = plots.kl_curves(board.ok, figures, models=models)
+    if kl:
+        figure_parts.append(
+            _figure_markdown(
+                "KL terms per epoch",
+                kl,
+                folder,
+                "The KL term(s) of every model that records them, epoch means, mean over seeds "
+                "(log scale): a term that falls towards 0 means the posterior collapsed to the "
+                "prior.",
+            )
+        )
     if board.primary:
         bars = plots.metric_bars(board.table, board.primary, figures)
         figure_parts.append(

@@ -51,6 +51,9 @@ _PLACEMENT_KEYS = {
     "local_rank",
     "single_spec",
     "state",
+    # A cap on training time is not what a run computes (a plan's deadline gives each run a
+    # slightly different one); runs it stopped say so in ``stopped_by_budget``.
+    "time_budget_s",
 }
 
 
@@ -68,6 +71,12 @@ class RunRequest:
     device: str = "auto"
     data_dir: str | None = None
     cache_dir: Path | None = None
+    name: str | None = None  # the leaderboard row (and results folder); default: the model
+
+    @property
+    def label(self) -> str:
+        """The name the run is stored and ranked under."""
+        return self.name or self.model
 
 
 @dataclass
@@ -280,10 +289,14 @@ def execute(
         t1 = time.perf_counter()
         pretrain_records: list = []
         if needs_pretraining(config):
+            budget = float(config["time_budget_s"] or 0)
             pretrained, pretrain_records = pretrain(
-                config, prepared.spec.cls, train_data, prepared_data.model_dataset
+                config, prepared.spec.cls, train_data, prepared_data.model_dataset, budget / 2
             )
             config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
+            if budget:  # fine-tuning gets what pre-training left of the run's budget
+                spent = time.perf_counter() - t1
+                config_dict["time_budget_s"] = max(budget - spent, 1e-6)
             config = Config(
                 model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
             )
@@ -326,7 +339,8 @@ def execute(
         "schema": RESULT_SCHEMA,
         "status": "ok",
         "dataset": request.dataset,
-        "model": prepared.spec.name,
+        "model": request.name or prepared.spec.name,
+        "model_class": prepared.spec.name,
         "family": prepared.spec.family,
         "source": prepared.spec.source,
         "seed": request.seed,
@@ -370,7 +384,8 @@ def failed_result(request: RunRequest, exc: BaseException, command: str | None) 
         "schema": RESULT_SCHEMA,
         "status": "failed",
         "dataset": request.dataset,
-        "model": request.model,
+        "model": request.label,
+        "model_class": request.model,
         "seed": request.seed,
         "quick": request.quick,
         "error": {

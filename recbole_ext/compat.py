@@ -39,14 +39,18 @@ def apply() -> None:
     global _applied
     if _applied:
         return
-    _patch_numpy_aliases()
-    _patch_config()
-    _patch_dataset_fillna()
-    _patch_scipy_dok_update()
-    _patch_trainer()
-    _patch_tensorboard()
-    _import_sequential_models_without_anomaly_detection()
+    apply_only(FIXES)
     _applied = True
+
+
+def apply_only(names: tuple[str, ...] | list[str]) -> None:
+    """Apply the named patches only (benchmarks measure stock RecBole with the crash fixes alone:
+    load this module by path then, since importing ``recbole_ext`` applies every patch)."""
+    unknown = sorted(set(names) - set(FIXES))
+    if unknown:
+        raise ValueError(f"unknown compat fix(es) {unknown}; known: {list(FIXES)}")
+    for name in names:
+        FIXES[name]()
 
 
 # 1. NumPy 2 removed np.float_ and friends; RecBole's Config assigns np.float = np.float_.
@@ -58,6 +62,15 @@ def _patch_numpy_aliases() -> None:
 
 def _compatibility_settings(self: Any) -> None:
     _patch_numpy_aliases()
+
+
+def _patch_numpy_aliases_and_config() -> None:
+    """Fix 1 on its own: the aliases, and Config.compatibility_settings no longer assigning the
+    removed ``np.float_`` (what stock RecBole needs; the other Config patches are in 6 and 8)."""
+    from recbole.config import configurator
+
+    _patch_numpy_aliases()
+    configurator.Config.compatibility_settings = _compatibility_settings
 
 
 # 6. Config reads every --key=value from sys.argv; 8. it overwrites CUDA_VISIBLE_DEVICES.
@@ -299,3 +312,20 @@ def _import_sequential_models_without_anomaly_detection() -> None:
     import recbole.model.sequential_recommender  # noqa: F401
 
     torch.autograd.set_detect_anomaly(was_enabled)
+
+
+# Every patch by name, in the order apply() runs them. Stock RecBole 1.2.1 needs "numpy_aliases"
+# to start at all on NumPy 2; "dataset_fillna" only for data with empty cells or token_seq
+# columns, "scipy_dok_update" only for graph models (NGCF, LightGCN ...), "tensorboard" only where
+# the tensorboard package is missing. The rest fix wrong or slow behaviour (command-line flags
+# and CUDA_VISIBLE_DEVICES taken over by Config, unloadable and clashing checkpoints, TensorBoard
+# files, anomaly detection left on for the whole process).
+FIXES = {
+    "numpy_aliases": _patch_numpy_aliases_and_config,
+    "config": _patch_config,
+    "dataset_fillna": _patch_dataset_fillna,
+    "scipy_dok_update": _patch_scipy_dok_update,
+    "trainer": _patch_trainer,
+    "tensorboard": _patch_tensorboard,
+    "no_anomaly_detection": _import_sequential_models_without_anomaly_detection,
+}

@@ -201,16 +201,21 @@ def needs_pretraining(config: Any) -> bool:
 
 
 def pretrain(
-    config: Any, model_class: type, train_data: Any, model_dataset: Any
+    config: Any, model_class: type, train_data: Any, model_dataset: Any, budget_s: float = 0
 ) -> tuple[Path, list[EpochRecord]]:
-    """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs and save the final
-    weights (tensors only) into the checkpoint directory, for the fine-tuning stage to load."""
+    """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs, or until ``budget_s``
+    seconds are spent (0: no cap), and save the final weights (tensors only) into the checkpoint
+    directory, for the fine-tuning stage to load."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, model_dataset).to(config["device"])
     trainer = recording_trainer(config, model)
+    trainer.config["time_budget_s"] = budget_s  # the stage's own share of the run's budget
     # RecBole saves every save_step epochs; the harness saves the last epoch itself.
     trainer.save_step = int(config["pretrain_epochs"]) + 1
-    trainer.pretrain(train_data, verbose=False, show_progress=False)
+    try:
+        trainer.pretrain(train_data, verbose=False, show_progress=False)
+    except BudgetExhausted:
+        pass  # pre-training stops at its budget; fine-tuning starts from the weights so far
     path = Path(config["checkpoint_dir"]) / f"{config['model']}-pretrained.pth"
     torch.save({"state_dict": model.state_dict()}, path)
     return path, trainer.epochs_record

@@ -126,6 +126,11 @@ def _main(monkeypatch, capsys, *args):
         (["--models", "Pop", "--dataset", "ml-100k", "--device", "tpu"], "--device 'tpu'"),
         (["--models", "Pop", "--dataset", "ml-100k", "--seeds", "a,b"], "--seeds expects"),
         (["--models", "Pop", "--dataset", "ml-100k", "--epochs", "0"], "epochs must be at least 1"),
+        (
+            ["--models", "Pop,BPR", "--dataset", "ml-100k", "--name", "Pop-x"],
+            "--name labels one model's runs, but 2 models were given",
+        ),
+        (["--models", "Pop", "--dataset", "ml-100k", "--name", "a/b"], "run name 'a/b'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -258,3 +263,24 @@ def test_time_budget_stops_at_an_epoch_boundary(tiny_sequences):
     assert result["stopped_by_budget"] is True
     assert len(result["epochs"]) == 1 and result["best_epoch"] == 0
     assert result["test"]["ndcg@10"] >= 0
+
+
+def test_named_variants_are_separate_leaderboard_rows(tiny_sequences):
+    out = tiny_sequences / "variants"
+    for name, seed_list in (("Pop", [0]), ("Pop-again", [0, 1])):
+        api.run(
+            ["Pop"],
+            "tiny",
+            data_dir=tiny_sequences,
+            out=out,
+            seeds=seed_list,
+            name=None if name == "Pop" else name,
+        )
+    stored = json.loads((out / "runs" / "tiny" / "Pop-again" / "seed-1.json").read_text())
+    assert stored["model"] == "Pop-again" and stored["model_class"] == "Pop"
+    table = pd.read_csv(out / "leaderboard" / "tiny.csv").set_index("model")
+    assert table.loc["Pop", "seeds"] == 1 and table.loc["Pop-again", "seeds"] == 2
+    again = api.run(
+        ["Pop"], "tiny", data_dir=tiny_sequences, out=out, name="Pop-again", resume=True
+    )
+    assert again.skipped == [("Pop-again", 0)]

@@ -238,3 +238,16 @@ def test_budget_limited_runs_are_noted(tmp_path):
     csv_path, md_path = leaderboard.write(tmp_path, "d")
     assert pd.read_csv(csv_path).loc[0, "budget_limited"] == 1
     assert "A: 1 of 2 run(s) stopped by the training time budget" in md_path.read_text()
+
+
+def test_capped_runs_put_a_budget_limited_line_in_the_header(tmp_path):
+    for seed, (cap, stopped) in enumerate([(900.0, True), (850.0, False)]):
+        result = _result("A", seed, 0.1 + seed)
+        result["config"] = {**(result.get("config") or {}), "time_budget_s": cap}
+        result["stopped_by_budget"] = stopped
+        write_result(tmp_path, result)
+    write_result(tmp_path, _result("B", 0, 0.3))
+    text = leaderboard.write(tmp_path, "d")[1].read_text()
+    header = text.split("| model |")[0]
+    assert "**Budget-limited:** 2 of 3 runs trained under a wall-clock cap" in header
+    assert "850-900 s" in header and "1 of them stopped at it" in header

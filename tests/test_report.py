@@ -119,3 +119,25 @@ def test_cli_report_and_leaderboard_baseline(real_runs):
 def test_report_without_results_is_a_bench_error(tmp_path):
     with pytest.raises(BenchError, match="no results"):
         write_report(tmp_path, "ml-100k")
+
+
+def test_kl_curves_plot_every_kl_term_and_skip_models_without_one(tmp_path):
+    def run(model, seed, kls):
+        epochs = [
+            {"epoch": i, "valid_score": 0.1, "loss_terms": {"rec": 1.0, **terms}}
+            for i, terms in enumerate(kls)
+        ]
+        return {"status": "ok", "model": model, "seed": seed, "epochs": epochs}
+
+    results = [
+        run("Hybrid", 0, [{"kl1": 5.0, "kl2": 4.0}, {"kl1": 1.0, "kl2": 0.5}]),
+        run("Hybrid", 1, [{"kl1": 7.0, "kl2": 6.0}, {"kl1": 3.0, "kl2": 1.5}]),
+        run("SASRec", 0, [{}, {}]),
+    ]
+    terms = plots._kl_terms(results)
+    assert set(terms) == {"Hybrid"}
+    means = terms["Hybrid"].groupby(["term", "epoch"])["value"].mean()
+    assert means[("kl1", 1)] == 2.0 and means[("kl2", 0)] == 5.0
+    paths = plots.kl_curves(results, tmp_path)
+    assert sorted(p.suffix for p in paths) == [".png", ".svg"]
+    assert plots.kl_curves(results[2:], tmp_path / "none") is None

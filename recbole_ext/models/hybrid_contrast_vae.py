@@ -29,6 +29,11 @@ Each branch has its own input augmentation (``branch{1,2}_augmentation``: ``none
 augmented branch predicts the next items of its augmented sequence. ``eval_branch`` picks what
 scores at evaluation: ``1`` (the Transformer branch's mean, as ContrastVAE), ``2`` or ``mean``
 (the average of the two branches' means). Loss terms and both KLs are in ``last_loss_terms``.
+
+``branches`` builds the ablation against each branch alone: ``"1"`` (a Transformer VAE) or ``"2"``
+(a filter-mixer VAE) trains that branch with the same embeddings, decoder and KL schedule and no
+contrastive term (there is no second view), scores with it, and builds no parameters for the
+other; ``both`` (default) is the hybrid.
 Train with ``train_regime: users`` (the whole sequence, a loss at every position).
 """
 
@@ -81,9 +86,15 @@ class HybridContrastVAE(SequentialRecommender):
         for aug in self.augmentations:
             if aug not in BRANCH_AUGMENTATIONS:
                 raise ValueError(f"branch augmentations must be in {BRANCH_AUGMENTATIONS}")
+        self.branches = str(config["branches"])
+        if self.branches not in ("both", "1", "2"):
+            raise ValueError(f"branches must be both, 1 or 2, not {self.branches!r}")
         self.eval_branch = str(config["eval_branch"])
         if self.eval_branch not in ("1", "2", "mean"):
             raise ValueError("eval_branch must be 1, 2 or mean")
+        if self.branches != "both":
+            self.eval_branch = self.branches  # a lone branch scores with itself
+        self.active_branches = (1, 2) if self.branches == "both" else (int(self.branches),)
         self.contrastive_weight = config["contrastive_weight"]
         self.temperature = config["temperature"]
         self.anneal_cap = config["anneal_cap"]
@@ -125,8 +136,10 @@ class HybridContrastVAE(SequentialRecommender):
         )
         branch1 = partial(transformer, config["branch1_dropout"], config["attn_dropout_prob"], eps)
         # Gaussian: mean and log-variance encoders; Dirichlet: one concentration encoder.
-        self.encoder1 = nn.ModuleList([branch1() for _ in range(self._heads)])
-        self.encoder2 = nn.ModuleList([mixer() for _ in range(self._heads)])
+        # A lone-branch ablation builds no parameters for the other branch.
+        heads = {b: self._heads if b in self.active_branches else 0 for b in (1, 2)}
+        self.encoder1 = nn.ModuleList([branch1() for _ in range(heads[1])])
+        self.encoder2 = nn.ModuleList([mixer() for _ in range(heads[2])])
         self.decoder = transformer(config["hidden_dropout_prob"], config["attn_dropout_prob"], eps)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
         self.last_loss_terms: dict[str, float] = {}
@@ -218,27 +231,30 @@ class HybridContrastVAE(SequentialRecommender):
             self.anneal_step += 1
 
         zs, kls, recs, users = [], [], [], []
-        views = [self._branch_input(b, item_seq, item_len, pos_items) for b in (1, 2)]
-        for branch, (seq, lens, _) in enumerate(views, start=1):
+        views = [self._branch_input(b, item_seq, item_len, pos_items) for b in self.active_branches]
+        for branch, (seq, lens, _) in zip(self.active_branches, views, strict=True):
             z, kl = self._sample(self.encode(branch, seq, lens))
             valid = positions < lens.unsqueeze(1)
             zs.append(z)
             kls.append(masked_mean(kl, valid))
             users.append((z * valid.unsqueeze(-1)).sum(dim=1))
-        outputs = self.decoder(torch.cat(zs)).chunk(2)  # one decoder call for both branches
+        # One decoder call for all branches.
+        outputs = self.decoder(torch.cat(zs)).chunk(len(zs))
         for output, (_, lens, targets) in zip(outputs, views, strict=True):
             valid = positions < lens.unsqueeze(1)
             recs.append(
                 reconstruction_loss(output, targets, valid, self.item_weight, self.rec_loss)
             )
-        contrastive = info_nce(users[0], users[1], self.temperature, "cos")
-        total = recs[0] + recs[1] + beta * (kls[0] + kls[1]) + self.contrastive_weight * contrastive
-        names = ("rec1", "rec2", "kl1", "kl2", "contrastive", "total")
-        values = torch.stack([recs[0], recs[1], kls[0], kls[1], contrastive, total])
-        self.last_loss_terms = {
-            **dict(zip(names, values.detach().float().tolist(), strict=True)),
-            "beta": beta,
-        }
+        terms = {}
+        for branch, rec, kl in zip(self.active_branches, recs, kls, strict=True):
+            terms[f"rec{branch}"], terms[f"kl{branch}"] = rec, kl
+        total = sum(recs) + beta * sum(kls)
+        if len(users) == 2:
+            terms["contrastive"] = info_nce(users[0], users[1], self.temperature, "cos")
+            total = total + self.contrastive_weight * terms["contrastive"]
+        terms["total"] = total
+        values = torch.stack(list(terms.values())).detach().float().tolist()
+        self.last_loss_terms = {**dict(zip(terms, values, strict=True)), "beta": beta}
         return total
 
     # --- evaluation -------------------------------------------------------------------------

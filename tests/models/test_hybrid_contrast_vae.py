@@ -159,3 +159,36 @@ def test_same_seed_same_losses(setup, latent):
     a, _ = train_steps(make(setup, latent=latent), setup[3], 3)
     b, _ = train_steps(make(setup, latent=latent), setup[3], 3)
     assert a == b
+
+
+@pytest.mark.parametrize("latent", ["gaussian", "dirichlet"])
+@pytest.mark.parametrize("branch", ["1", "2"])
+def test_lone_branch_ablation_trains_only_that_branch(setup, branch, latent):
+    hybrid = make(setup, latent=latent)
+    alone = make(setup, latent=latent, branches=branch, eval_branch="mean")
+    other = "2" if branch == "1" else "1"
+    assert len(getattr(alone, f"encoder{other}")) == 0
+    assert len(getattr(alone, f"encoder{branch}")) == len(getattr(hybrid, f"encoder{branch}"))
+    n_params = sum(p.numel() for p in alone.parameters())
+    assert n_params < sum(p.numel() for p in hybrid.parameters())
+
+    _, terms = train_steps(alone, setup[3], 10)
+    t = terms[-1]
+    assert set(t) == {f"rec{branch}", f"kl{branch}", "beta", "total"}
+    assert t["total"] == pytest.approx(t[f"rec{branch}"] + t["beta"] * t[f"kl{branch}"], rel=1e-5)
+    assert t[f"rec{branch}"] < terms[0][f"rec{branch}"]  # beta jumps at step 1: compare rec
+
+    # Scoring comes from the lone branch whatever eval_branch says.
+    alone.eval()
+    batch = setup[3]
+    with torch.no_grad():
+        scores = alone.full_sort_predict(batch)
+        seq, lens = batch[alone.ITEM_SEQ], batch[alone.ITEM_SEQ_LEN]
+        z = alone._mean(alone.encode(int(branch), seq, lens)[:1])
+        expected = alone.gather_indexes(alone.decoder(z), lens - 1) @ alone.item_weight.T
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
+def test_unknown_branches_value_is_refused(setup):
+    with pytest.raises(ValueError, match="branches"):
+        make(setup, branches="3")

@@ -15,9 +15,10 @@ from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
 import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
+from bench import api
 from recbole_ext.models import s3rec
 from recbole_ext.models.s3rec import S3Rec
-from tests.helpers import write_inter
+from tests.helpers import TINY, write_inter
 
 N_USERS, N_ITEMS = 12, 20
 CLASSES = ["a", "b", "c", "d"]
@@ -204,3 +205,20 @@ def test_fine_tuning_loads_the_pretrained_weights(tmp_path):
     assert math.isfinite(loss.item())
     scores = model.full_sort_predict(batch)
     assert scores.shape == (len(batch), train._dataset.item_num)
+
+
+def test_time_budget_is_shared_by_pretraining_and_fine_tuning(tiny_sequences):
+    """A budget smaller than one epoch: each stage runs one epoch and stops; the run succeeds."""
+    settings = {**TINY, "time_budget_s": 1e-6, "pretrain_epochs": 5, "stopping_step": 10}
+    summary = api.run(
+        ["S3Rec"],
+        "tiny",
+        data_dir=tiny_sequences,
+        out=tiny_sequences / "o",
+        epochs=5,
+        settings=settings,
+    )
+    result = summary.results[0]
+    assert result["status"] == "ok", result.get("error")
+    assert len(result["pretrain_epochs"]) == 1
+    assert result["stopped_by_budget"] is True and len(result["epochs"]) == 1

@@ -1,0 +1,222 @@
+"""Run plans: many ``bench run`` invocations as parallel processes, within a wall-clock deadline.
+
+A plan (``configs/plans/<name>.yaml``) lists jobs; each job is one model (or a list of models) on
+one dataset, over seeds, with optional settings, a run name (a variant row) and a training budget:
+
+    defaults: {seeds: [0], budget_s: 600}
+    jobs:
+      - {dataset: amazon-beauty, models: [SASRec, SLIME4Rec], seeds: [0, 1, 2]}
+      - {dataset: amazon-beauty, models: [HybridContrastVAE], name: HybridContrastVAE-dirichlet,
+         set: {latent: dirichlet}, seeds: [0, 1, 2]}
+
+Every (model, seed) becomes its own ``python -m bench run`` process, so a plan fills a many-core
+GPU machine; jobs start in the plan's order as slots free up. With a deadline, a job that starts
+late gets the time that is left (its ``time_budget_s`` shrinks) and one that would get less than
+``min_budget_s`` is not started: the plan ends on time and says what it left out. The plan's
+record (commands, exit codes, times, what was skipped) is written to ``<out>/plans/<plan>.json``;
+each process's output to ``<out>/plans/<plan>/logs/``. The leaderboards are rebuilt at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import configs, leaderboard
+from bench.errors import BenchError
+from bench.io import write_json
+
+JOB_KEYS = frozenset({"dataset", "models", "seeds", "name", "set", "budget_s", "epochs"})
+
+
+@dataclass
+class PlannedRun:
+    """One ``bench run`` process of a plan."""
+
+    dataset: str
+    model: str
+    seed: int
+    budget_s: float
+    name: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}__{self.label}__seed-{self.seed}"
+
+    def command(
+        self, budget_s: float, device: str, out: Path, data_dir: Path | None, resume: bool
+    ) -> list[str]:
+        """The ``bench run`` command line of this run with the given training budget."""
+        cmd = [sys.executable, "-m", "bench", "run", "--models", self.model]
+        cmd += ["--dataset", self.dataset, "--seeds", str(self.seed), "--device", device]
+        cmd += ["--out", str(out)]
+        if data_dir is not None:
+            cmd += ["--data-dir", str(data_dir)]
+        if self.name:
+            cmd += ["--name", self.name]
+        if self.epochs is not None:
+            cmd += ["--epochs", str(self.epochs)]
+        for key, value in self.settings.items():
+            cmd += ["--set", f"{key}={_yaml_scalar(value)}"]
+        if budget_s > 0:
+            cmd += ["--set", f"time_budget_s={budget_s:g}"]
+        if resume:
+            cmd.append("--resume")
+        return cmd
+
+
+def _yaml_scalar(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def load_plan(path: str | os.PathLike) -> list[PlannedRun]:
+    """The runs of a plan file, in order; a malformed plan raises :class:`BenchError`."""
+    data = configs.load_yaml(path)
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        raise BenchError(f"plan {path}: needs a non-empty 'jobs' list")
+    defaults = data.get("defaults") or {}
+    runs: list[PlannedRun] = []
+    for number, job in enumerate(jobs, start=1):
+        if not isinstance(job, dict):
+            raise BenchError(f"plan {path}: job {number} is not a mapping")
+        job = {**defaults, **job}
+        unknown = sorted(set(job) - JOB_KEYS)
+        if unknown:
+            raise BenchError(f"plan {path}: job {number} has unknown key(s) {', '.join(unknown)}")
+        if "dataset" not in job or not job.get("models"):
+            raise BenchError(f"plan {path}: job {number} needs 'dataset' and 'models'")
+        models = job["models"] if isinstance(job["models"], list) else [job["models"]]
+        if job.get("name") and len(models) != 1:
+            raise BenchError(f"plan {path}: job {number} names a variant of several models")
+        seeds = job.get("seeds", [0])
+        seeds = seeds if isinstance(seeds, list) else [seeds]
+        for model in models:
+            for seed in seeds:
+                runs.append(
+                    PlannedRun(
+                        dataset=str(job["dataset"]),
+                        model=str(model),
+                        seed=int(seed),
+                        budget_s=float(job.get("budget_s", 0)),
+                        name=job.get("name"),
+                        settings=dict(job.get("set") or {}),
+                        epochs=job.get("epochs"),
+                    )
+                )
+    keys = [r.key for r in runs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise BenchError(f"plan {path}: runs listed twice: {', '.join(duplicates)}")
+    return runs
+
+
+def granted_budget(wanted_s: float, elapsed_s: float, deadline_s: float, reserve_s: float) -> float:
+    """The training budget a run starting now gets: its own, cut to what the deadline leaves
+    once ``reserve_s`` (loading data, the last epoch, the test pass) is set aside. 0 = no cap."""
+    if deadline_s <= 0:
+        return wanted_s
+    left = deadline_s - elapsed_s - reserve_s
+    return left if wanted_s <= 0 else min(wanted_s, left)
+
+
+@dataclass
+class PlanRecord:
+    plan: str
+    started_at: str
+    parallel: int
+    deadline_s: float
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    not_started: list[dict[str, Any]] = field(default_factory=list)
+    finished_at: str | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def execute(
+    plan_path: str | os.PathLike,
+    *,
+    out: str | os.PathLike = "results",
+    device: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    parallel: int = 1,
+    deadline_s: float = 0,
+    reserve_s: float = 120,
+    min_budget_s: float = 60,
+    threads: int = 1,
+    resume: bool = False,
+    dry_run: bool = False,
+    echo: Any = print,
+) -> PlanRecord:
+    """Run a plan's runs, ``parallel`` at a time, and rebuild the leaderboards of its datasets."""
+    plan_path = Path(plan_path)
+    runs = load_plan(plan_path)
+    out = Path(out)
+    data = Path(data_dir) if data_dir is not None else None
+    if parallel < 1:
+        raise BenchError("--parallel must be at least 1")
+    record = PlanRecord(plan_path.stem, _now(), parallel, deadline_s)
+    if dry_run:
+        for run in runs:
+            echo(shlex.join(run.command(run.budget_s, device, out, data, resume)))
+        return record
+    logs = out / "plans" / plan_path.stem / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # One thread per process: a plan runs many processes on shared cores.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.monotonic()
+    queue = list(runs)
+    active: list[tuple[subprocess.Popen, dict[str, Any], Any]] = []
+    while queue or active:
+        while queue and len(active) < parallel:
+            run = queue.pop(0)
+            elapsed = time.monotonic() - start
+            budget = granted_budget(run.budget_s, elapsed, deadline_s, reserve_s)
+            if deadline_s > 0 and budget < min_budget_s:
+                record.not_started.append({**asdict(run), "why": f"{budget:.0f} s left"})
+                echo(f"not started {run.key}: {budget:.0f} s left before the deadline")
+                continue
+            cmd = run.command(budget, device, out, data, resume)
+            log = open(logs / f"{run.key}.log", "w", encoding="utf-8")  # noqa: SIM115
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            entry = {**asdict(run), "granted_budget_s": budget, "command": shlex.join(cmd)}
+            entry["start_s"] = round(elapsed, 1)
+            active.append((proc, entry, log))
+            echo(f"started {run.key} (budget {budget:.0f} s)")
+        time.sleep(0.5)
+        for item in list(active):
+            proc, entry, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            entry["returncode"] = proc.returncode
+            entry["end_s"] = round(time.monotonic() - start, 1)
+            record.runs.append(entry)
+            active.remove(item)
+            echo(
+                f"finished {entry['dataset']} {entry['name'] or entry['model']} "
+                f"seed {entry['seed']}: exit {proc.returncode} after "
+                f"{entry['end_s'] - entry['start_s']:.0f} s"
+            )
+    for dataset in sorted({r.dataset for r in runs}):
+        leaderboard.write(out, dataset)
+    record.finished_at = _now()
+    write_json(out / "plans" / f"{plan_path.stem}.json", asdict(record))
+    return record

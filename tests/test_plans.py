@@ -1,0 +1,89 @@
+"""Run plans: parsing, deadline budgets, and a small plan run end to end in parallel processes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from bench import plans
+from bench.errors import BenchError
+
+
+def write_plan(tmp_path, text: str):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_expands_jobs_over_models_and_seeds(tmp_path):
+    path = write_plan(
+        tmp_path,
+        """
+defaults: {seeds: [0], budget_s: 50}
+jobs:
+  - {dataset: tiny, models: [Pop, SASRec], seeds: [0, 1]}
+  - {dataset: tiny, models: SASRec, name: SASRec-wide, set: {hidden_size: 16}, budget_s: 0}
+""",
+    )
+    runs = plans.load_plan(path)
+    assert [r.key for r in runs] == [
+        "tiny__Pop__seed-0",
+        "tiny__Pop__seed-1",
+        "tiny__SASRec__seed-0",
+        "tiny__SASRec__seed-1",
+        "tiny__SASRec-wide__seed-0",
+    ]
+    assert runs[0].budget_s == 50 and runs[-1].budget_s == 0
+    cmd = runs[-1].command(30, "cpu", tmp_path, None, resume=True)
+    assert cmd[cmd.index("--name") + 1] == "SASRec-wide"
+    assert "hidden_size=16" in cmd and "time_budget_s=30" in cmd and cmd[-1] == "--resume"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("jobs: []", "non-empty 'jobs'"),
+        ("jobs: [{dataset: tiny}]", "needs 'dataset' and 'models'"),
+        ("jobs: [{dataset: tiny, models: [Pop], sed: 1}]", "unknown key(s) sed"),
+        ("jobs: [{dataset: tiny, models: [Pop, BPR], name: x}]", "names a variant of several"),
+        ("jobs: [{dataset: tiny, models: [Pop]}, {dataset: tiny, models: Pop}]", "listed twice"),
+    ],
+)
+def test_malformed_plans_are_refused(tmp_path, text, message):
+    with pytest.raises(BenchError, match="plan .*" + re.escape(message)):
+        plans.load_plan(write_plan(tmp_path, text))
+
+
+def test_deadline_cuts_late_runs_budgets():
+    assert plans.granted_budget(600, elapsed_s=0, deadline_s=0, reserve_s=100) == 600
+    assert plans.granted_budget(600, elapsed_s=0, deadline_s=1000, reserve_s=100) == 600
+    assert plans.granted_budget(600, elapsed_s=500, deadline_s=1000, reserve_s=100) == 400
+    assert plans.granted_budget(0, elapsed_s=500, deadline_s=1000, reserve_s=100) == 400
+
+
+def test_plan_runs_in_parallel_then_a_deadline_leaves_runs_out(tiny_sequences):
+    path = write_plan(
+        tiny_sequences,
+        """
+jobs:
+  - {dataset: tiny, models: [Pop], seeds: [0, 1]}
+  - {dataset: tiny, models: [Pop], name: Pop-variant, budget_s: 500}
+""",
+    )
+    out = tiny_sequences / "out"
+    common = dict(out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
+    record = plans.execute(path, parallel=2, **common)
+    assert sorted(r["returncode"] for r in record.runs) == [0, 0, 0] and not record.not_started
+    saved = json.loads((out / "plans" / "p.json").read_text())
+    assert len(saved["runs"]) == 3
+    assert (out / "plans" / "p" / "logs" / "tiny__Pop-variant__seed-0.log").is_file()
+    table = pd.read_csv(out / "leaderboard" / "tiny.csv").set_index("model")
+    assert table.loc["Pop", "seeds"] == 2 and table.loc["Pop-variant", "seeds"] == 1
+
+    # 0.5 s left after the reserve: below min_budget_s, so nothing starts.
+    late = plans.execute(path, deadline_s=100, reserve_s=99.5, min_budget_s=1, **common)
+    assert not late.runs and [r["name"] for r in late.not_started] == [None, None, "Pop-variant"]
+    assert all(r["why"].endswith("s left") for r in late.not_started)
