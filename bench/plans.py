@@ -184,39 +184,51 @@ def execute(
     start = time.monotonic()
     queue = list(runs)
     active: list[tuple[subprocess.Popen, dict[str, Any], Any]] = []
-    while queue or active:
-        while queue and len(active) < parallel:
-            run = queue.pop(0)
-            elapsed = time.monotonic() - start
-            budget = granted_budget(run.budget_s, elapsed, deadline_s, reserve_s)
-            if deadline_s > 0 and budget < min_budget_s:
-                record.not_started.append({**asdict(run), "why": f"{budget:.0f} s left"})
-                echo(f"not started {run.key}: {budget:.0f} s left before the deadline")
-                continue
-            cmd = run.command(budget, device, out, data, resume)
-            log = open(logs / f"{run.key}.log", "w", encoding="utf-8")  # noqa: SIM115
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            entry = {**asdict(run), "granted_budget_s": budget, "command": shlex.join(cmd)}
-            entry["start_s"] = round(elapsed, 1)
-            active.append((proc, entry, log))
-            echo(f"started {run.key} (budget {budget:.0f} s)")
-        time.sleep(0.5)
-        for item in list(active):
-            proc, entry, log = item
-            if proc.poll() is None:
-                continue
+    record_path = out / "plans" / f"{plan_path.stem}.json"
+    try:
+        while queue or active:
+            while queue and len(active) < parallel:
+                run = queue.pop(0)
+                elapsed = time.monotonic() - start
+                budget = granted_budget(run.budget_s, elapsed, deadline_s, reserve_s)
+                if deadline_s > 0 and budget < min_budget_s:
+                    record.not_started.append({**asdict(run), "why": f"{budget:.0f} s left"})
+                    echo(f"not started {run.key}: {budget:.0f} s left before the deadline")
+                    continue
+                cmd = run.command(budget, device, out, data, resume)
+                log = open(logs / f"{run.key}.log", "w", encoding="utf-8")  # noqa: SIM115
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                entry = {**asdict(run), "granted_budget_s": budget, "command": shlex.join(cmd)}
+                entry["start_s"] = round(elapsed, 1)
+                active.append((proc, entry, log))
+                echo(f"started {run.key} (budget {budget:.0f} s)")
+            time.sleep(0.5)
+            for item in list(active):
+                proc, entry, log = item
+                if proc.poll() is None:
+                    continue
+                log.close()
+                entry["returncode"] = proc.returncode
+                entry["end_s"] = round(time.monotonic() - start, 1)
+                record.runs.append(entry)
+                active.remove(item)
+                # Saved after every run: a plan cut off (machine taken back) keeps its record.
+                write_json(record_path, asdict(record))
+                echo(
+                    f"finished {entry['dataset']} {entry['name'] or entry['model']} "
+                    f"seed {entry['seed']}: exit {proc.returncode} after "
+                    f"{entry['end_s'] - entry['start_s']:.0f} s"
+                )
+    except BaseException:  # interrupted: stop the runs it started, keep the record
+        for proc, entry, log in active:
+            proc.terminate()
+            proc.wait()
             log.close()
-            entry["returncode"] = proc.returncode
-            entry["end_s"] = round(time.monotonic() - start, 1)
-            record.runs.append(entry)
-            active.remove(item)
-            echo(
-                f"finished {entry['dataset']} {entry['name'] or entry['model']} "
-                f"seed {entry['seed']}: exit {proc.returncode} after "
-                f"{entry['end_s'] - entry['start_s']:.0f} s"
-            )
+            record.runs.append({**entry, "returncode": proc.returncode, "interrupted": True})
+        write_json(record_path, asdict(record))
+        raise
     for dataset in sorted({r.dataset for r in runs}):
         leaderboard.write(out, dataset)
     record.finished_at = _now()
-    write_json(out / "plans" / f"{plan_path.stem}.json", asdict(record))
+    write_json(record_path, asdict(record))
     return record

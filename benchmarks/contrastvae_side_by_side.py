@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from sequential_speed import (  # noqa: E402
     machine_info,
     sync,
 )
+
+from bench.io import write_text  # noqa: E402
 
 METRICS = ("hit@10", "ndcg@10", "hit@20", "ndcg@20")
 SIDES = ("ours", "official")
@@ -182,7 +183,7 @@ def _epoch(
 def _progress(side: str, e: dict[str, Any], args: argparse.Namespace) -> None:
     """Print the epoch, and save the epochs so far (a side stopped at its time limit keeps them)."""
     _EPOCHS.append(e)
-    _write(Path(args.worker_out), json.dumps(_EPOCHS))
+    write_text(Path(args.worker_out), json.dumps(_EPOCHS))
     print(
         f"{side} epoch {e['epoch']}: train {e['train_s']:.1f} s, valid {e['valid_s']:.1f} s, "
         f"valid ndcg@10 {e['valid']['ndcg@10']:.4f}, test ndcg@10 {e['test']['ndcg@10']:.4f}",
@@ -314,13 +315,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _official_commit(official_dir: str) -> str:
     path = Path(official_dir) / "COMMIT"
     return path.read_text().strip() if path.is_file() else "unknown"
@@ -353,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         report["summary"] = summary(report)
-        _write(out / "contrastvae_side_by_side.md", markdown(report))
+        write_text(out / "contrastvae_side_by_side.md", markdown(report))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -389,8 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             if code != 0:
                 report["errors"][side] = f"exit {code}" if isinstance(code, int) else code
     report["summary"] = summary(report)
-    _write(out / "contrastvae_side_by_side.json", json.dumps(report, indent=1))
-    _write(out / "contrastvae_side_by_side.md", markdown(report))
+    write_text(out / "contrastvae_side_by_side.json", json.dumps(report, indent=1))
+    write_text(out / "contrastvae_side_by_side.md", markdown(report))
     print(markdown(report), flush=True)
 
 

@@ -58,6 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` and ``recbole_ext`` importable
     sys.path.insert(0, str(REPO))
 
+from bench.io import write_text  # noqa: E402  (standard library only: safe in the stock worker)
+
 SCHEMA = 1
 MIB = 1024 * 1024
 # What stock RecBole 1.2.1 needs to run SASRec-like models at all here (NumPy 2: its Config
@@ -357,18 +359,6 @@ def run_worker(job_file: Path) -> int:
 
 
 # --- the parent -------------------------------------------------------------------------------
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""

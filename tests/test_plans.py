@@ -87,3 +87,18 @@ jobs:
     late = plans.execute(path, deadline_s=100, reserve_s=99.5, min_budget_s=1, **common)
     assert not late.runs and [r["name"] for r in late.not_started] == [None, None, "Pop-variant"]
     assert all(r["why"].endswith("s left") for r in late.not_started)
+
+
+def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences, monkeypatch):
+    path = write_plan(tiny_sequences, "jobs:\n  - {dataset: tiny, models: [Pop]}\n")
+
+    def interrupt(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plans.time, "sleep", interrupt)
+    out = tiny_sequences / "out"
+    with pytest.raises(KeyboardInterrupt):
+        plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
+    saved = json.loads((out / "plans" / "p.json").read_text())
+    assert [r["interrupted"] for r in saved["runs"]] == [True]
+    assert saved["runs"][0]["returncode"] != 0 and saved["finished_at"] is None

@@ -27,6 +27,7 @@ any sensible half-life.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -120,30 +121,53 @@ class TimeWeightCF(GeneralRecommender):
         # Rows of user_index are (user, item), sorted: the decayed user-item matrix.
         self.register_buffer("user_index", torch.as_tensor(np.stack([pu, pi]), dtype=torch.long))
         self.register_buffer("user_weight", torch.as_tensor(weight, dtype=torch.float32))
+        # Where each user's rows start (CSR pointers): selecting a batch of users from a sparse COO
+        # tensor is O(nnz) per user in PyTorch, minutes per evaluation on Amazon Beauty.
+        pointers = np.searchsorted(pu, np.arange(self.n_users + 1))
+        self.register_buffer("user_pointer", torch.as_tensor(pointers, dtype=torch.long))
         # Rows of neighbour_index are (target j, neighbour i): the transposed top-k similarity.
         self.register_buffer("neighbour_index", torch.as_tensor(np.stack([j, i]), dtype=torch.long))
         self.register_buffer("neighbour_sim", torch.as_tensor(sim, dtype=torch.float32))
         self.fake_loss = torch.nn.Parameter(torch.zeros(1))
+        self._sim_t: torch.Tensor | None = None  # derived from the buffers; see _similarity_t
 
     def forward(self, user: torch.Tensor) -> torch.Tensor:
         """Scores of every item for each user: ``[B] -> [B, n_items]``."""
-        decayed = torch.sparse_coo_tensor(
-            self.user_index,
-            self.user_weight,
-            (self.n_users, self.n_items),
-            is_coalesced=True,
-            check_invariants=False,  # built valid in __init__
-        )
-        rows = decayed.index_select(0, user).to_dense()  # [B, n_items] of f(t_ui)
-        sim_t = torch.sparse_coo_tensor(
-            self.neighbour_index,
-            self.neighbour_sim,
-            (self.n_items, self.n_items),
-            is_coalesced=True,
-            check_invariants=False,  # built valid in __init__
-        )
+        rows = self._decayed_rows(user)  # [B, n_items] of f(t_ui)
         # s[b, j] = sum_i rows[b, i] * sim[i, j] = (sim^T @ rows^T)^T
-        return torch.sparse.mm(sim_t, rows.t()).t()
+        return (self._similarity_t() @ rows.t().contiguous()).t()
+
+    def _similarity_t(self) -> torch.Tensor:
+        """The transposed top-k similarity as a CSR tensor, built once per device: CSR times
+        dense is about 16 x faster than COO on the CPU (Beauty: 0.24 s against 3.7 s for 512
+        users, one thread)."""
+        device = self.neighbour_sim.device
+        if self._sim_t is None or self._sim_t.device != device:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._sim_t = torch.sparse_coo_tensor(
+                    self.neighbour_index,
+                    self.neighbour_sim,
+                    (self.n_items, self.n_items),
+                    is_coalesced=True,
+                    check_invariants=False,  # built valid in __init__
+                ).to_sparse_csr()
+        return self._sim_t
+
+    def _decayed_rows(self, user: torch.Tensor) -> torch.Tensor:
+        """The users' rows of the decayed user-item matrix, dense, gathered through the CSR
+        pointers: entry ``e`` of the batch's ``n`` entries is row ``start[b] + (e - first[b])``."""
+        start = self.user_pointer[user]
+        counts = self.user_pointer[user + 1] - start
+        batch = torch.repeat_interleave(torch.arange(len(user), device=user.device), counts)
+        first = torch.cumsum(counts, 0) - counts  # each user's first entry within the batch
+        entries = torch.arange(int(counts.sum()), device=user.device)
+        position = start[batch] + entries - first[batch]
+        rows = torch.zeros(
+            len(user), self.n_items, device=user.device, dtype=self.user_weight.dtype
+        )
+        rows[batch, self.user_index[1, position]] = self.user_weight[position]
+        return rows
 
     def calculate_loss(self, interaction: Interaction) -> torch.Tensor:
         # Nothing to learn: similarities and weights were computed in __init__.

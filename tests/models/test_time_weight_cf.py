@@ -144,3 +144,14 @@ def test_traditional_trainer_runs(tmp_path):
     # The checkpoint (buffers included) reloads with weights_only and evaluates the same.
     reloaded = trainer.evaluate(valid, load_best_model=True)
     assert reloaded["ndcg@2"] == pytest.approx(result["ndcg@2"])
+
+
+def test_decayed_rows_in_any_order_with_repeats_and_empty_users(tmp_path):
+    config, dataset, train, _ = _build(tmp_path)
+    model = TimeWeightCF(config, train._dataset)
+    dense = torch.sparse_coo_tensor(
+        model.user_index, model.user_weight, (dataset.user_num, dataset.item_num)
+    ).to_dense()
+    users = torch.tensor([3, 0, 1, 3, dataset.user_num - 1])  # 0: the padding user, no items
+    torch.testing.assert_close(model._decayed_rows(users), dense[users])
+    assert model._decayed_rows(users)[1].abs().sum() == 0
