@@ -54,6 +54,7 @@ _PLACEMENT_KEYS = {
     # A cap on training time is not what a run computes (a plan's deadline gives each run a
     # slightly different one); runs it stopped say so in ``stopped_by_budget``.
     "time_budget_s",
+    "threads",
 }
 
 
@@ -258,6 +259,7 @@ def execute(
 
     Exceptions from RecBole or the model propagate; :func:`run_safely` records them.
     """
+    import torch
     from recbole.config import Config
     from recbole.utils import init_seed
 
@@ -271,6 +273,9 @@ def execute(
         config = Config(
             model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
         )
+        threads = int(config["threads"] or 0)
+        if threads > 0:  # PyTorch's default pool oversubscribes a CPU that other runs share
+            torch.set_num_threads(threads)
         init_seed(config["seed"], config["reproducibility"])
         try:
             dataset, cached = load_dataset(config, request.cache_dir)

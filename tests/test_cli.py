@@ -284,3 +284,16 @@ def test_named_variants_are_separate_leaderboard_rows(tiny_sequences):
         ["Pop"], "tiny", data_dir=tiny_sequences, out=out, name="Pop-again", resume=True
     )
     assert again.skipped == [("Pop-again", 0)]
+
+
+def test_threads_setting_sets_torch_threads(tiny_sequences):
+    before = torch.get_num_threads()
+    try:
+        summary = api.run(
+            ["Pop"], "tiny", data_dir=tiny_sequences, out=tiny_sequences / "o",
+            settings={"threads": before + 1},
+        )  # fmt: skip
+        assert summary.results[0]["status"] == "ok"
+        assert torch.get_num_threads() == before + 1  # differs from the default, whatever it is
+    finally:
+        torch.set_num_threads(before)
