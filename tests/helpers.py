@@ -40,3 +40,60 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
         text=True,
         timeout=900,
     )
+
+
+# --- the Mult-VAE family's tiny data and protocol ----------------------------------------------
+VAE_USERS, VAE_ITEMS = 30, 40
+VAE_PROTOCOL = {
+    "eval_args": {
+        "split": {"RS": [0.8, 0.1, 0.1]},
+        "order": "RO",
+        "group_by": "user",
+        "mode": "full",
+    },
+    "metrics": ["RecallCap", "NDCG"],
+    "topk": [5],
+    "valid_metric": "NDCG@5",
+    "train_batch_size": 16,
+    "epochs": 2,
+    "seed": 0,
+    "show_progress": False,
+}
+
+
+def write_taste_groups(root: Path, name: str = "tiny") -> None:
+    """VAE_USERS users in two taste groups over VAE_ITEMS items, so there is structure to learn."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(VAE_USERS):
+        pool = np.arange(0, 24) if u % 2 else np.arange(16, VAE_ITEMS)
+        for ts, i in enumerate(rng.choice(pool, size=rng.integers(6, 12), replace=False)):
+            lines.append(f"u{u}\ti{i}\t{ts}")
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
+
+
+def build_vae(tmp_path: Path, cls: type, model_settings: dict, **settings: object) -> tuple:
+    """(config, train, valid, model) of ``cls`` on the taste-group data with its YAML defaults,
+    ``model_settings`` and then ``settings`` over the tiny protocol."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    write_taste_groups(tmp_path)
+    config_dict = {
+        "data_path": str(tmp_path),
+        "checkpoint_dir": str(tmp_path / "ck"),
+        **VAE_PROTOCOL,
+        **model_settings,
+        **settings,
+    }
+    yaml_file = ROOT / "configs" / "models" / f"{cls.__name__}.yaml"
+    config = Config(
+        model=cls, dataset="tiny", config_file_list=[str(yaml_file)], config_dict=config_dict
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    return config, train, valid, cls(config, train._dataset)

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
 from scipy.special import expit, logsumexp
 from scipy.stats import norm
 
@@ -20,55 +17,20 @@ import recbole_ext  # noqa: F401
 from recbole_ext.layers.gated import GatedDense
 from recbole_ext.models.hvamp import HVamp
 from recbole_ext.models.hvamp_gated import HVampGated
+from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
-N_USERS, N_ITEMS = 30, 40
+N_USERS, N_ITEMS = VAE_USERS, VAE_ITEMS
 K, H, Z1, Z2 = 5, 12, 6, 4
 
 
-def write_dataset(root: Path, name: str = "tiny") -> None:
-    rng = np.random.default_rng(0)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(N_USERS):
-        pool = np.arange(0, 24) if u % 2 else np.arange(16, N_ITEMS)
-        for ts, i in enumerate(rng.choice(pool, size=rng.integers(6, 12), replace=False)):
-            lines.append(f"u{u}\ti{i}\t{ts}")
-    (root / name).mkdir(parents=True, exist_ok=True)
-    (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
-
-
 def build(tmp_path: Path, cls: type = HVamp, **settings: Any) -> tuple[Any, Any, Any, HVamp]:
-    write_dataset(tmp_path)
-    config_dict = {
-        "data_path": str(tmp_path),
-        "checkpoint_dir": str(tmp_path / "ck"),
-        "eval_args": {
-            "split": {"RS": [0.8, 0.1, 0.1]},
-            "order": "RO",
-            "group_by": "user",
-            "mode": "full",
-        },
-        "metrics": ["RecallCap", "NDCG"],
-        "topk": [5],
-        "valid_metric": "NDCG@5",
-        "hidden_size": H,
-        "z1_size": Z1,
-        "z2_size": Z2,
-        "number_components": K,
-        "train_batch_size": 16,
-        "epochs": 2,
-        "seed": 0,
-        "show_progress": False,
-    }
-    config_dict.update(settings)
-    yaml_file = CONFIGS / f"{cls.__name__}.yaml"
-    config = Config(
-        model=cls, dataset="tiny", config_file_list=[str(yaml_file)], config_dict=config_dict
+    return build_vae(
+        tmp_path,
+        cls,
+        {"hidden_size": H, "z1_size": Z1, "z2_size": Z2, "number_components": K},
+        **settings,
     )
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    return config, train, valid, cls(config, train._dataset)
 
 
 def log_n(x: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:

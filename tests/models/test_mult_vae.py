@@ -9,61 +9,26 @@ import numpy as np
 import pytest
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
+from recbole.data import create_dataset
 from recbole.utils import init_seed
 from scipy.special import log_softmax
 
 import recbole_ext  # noqa: F401
 from recbole_ext.layers.vae import reparameterize
 from recbole_ext.models.mult_vae import MultVAE
+from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae, write_taste_groups
 
 YAML = Path(__file__).resolve().parents[2] / "configs" / "models" / "MultVAE.yaml"
-N_USERS, N_ITEMS = 30, 40
-
-
-def write_dataset(root: Path, name: str = "tiny") -> None:
-    rng = np.random.default_rng(0)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(N_USERS):
-        # Two taste groups so that there is structure to learn.
-        pool = np.arange(0, 24) if u % 2 else np.arange(16, N_ITEMS)
-        for ts, i in enumerate(rng.choice(pool, size=rng.integers(6, 12), replace=False)):
-            lines.append(f"u{u}\ti{i}\t{ts}")
-    (root / name).mkdir(parents=True, exist_ok=True)
-    (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
+N_USERS, N_ITEMS = VAE_USERS, VAE_ITEMS
 
 
 def build(tmp_path: Path, **settings: Any) -> tuple[Any, Any, Any, MultVAE]:
-    write_dataset(tmp_path)
-    config_dict = {
-        "data_path": str(tmp_path),
-        "checkpoint_dir": str(tmp_path / "ck"),
-        "eval_args": {
-            "split": {"RS": [0.8, 0.1, 0.1]},
-            "order": "RO",
-            "group_by": "user",
-            "mode": "full",
-        },
-        "metrics": ["RecallCap", "NDCG"],
-        "topk": [5],
-        "valid_metric": "NDCG@5",
-        "mlp_hidden_size": [16],
-        "latent_dimension": 8,
-        "train_batch_size": 16,
-        "eval_batch_size": 64,
-        "epochs": 2,
-        "seed": 0,
-        "show_progress": False,
-    }
-    config_dict.update(settings)
-    config = Config(
-        model=MultVAE, dataset="tiny", config_file_list=[str(YAML)], config_dict=config_dict
+    return build_vae(
+        tmp_path,
+        MultVAE,
+        {"mlp_hidden_size": [16], "latent_dimension": 8, "eval_batch_size": 64},
+        **settings,
     )
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    model = MultVAE(config, train._dataset)
-    return config, train, valid, model
 
 
 def training_rows_of(dataset: Any, n_items: int) -> np.ndarray:
@@ -74,7 +39,7 @@ def training_rows_of(dataset: Any, n_items: int) -> np.ndarray:
 
 
 def test_defaults_are_the_papers(tmp_path: Path) -> None:
-    write_dataset(tmp_path)
+    write_taste_groups(tmp_path)
     config = Config(
         model=MultVAE,
         dataset="tiny",
@@ -187,7 +152,7 @@ def test_recbole_trainer_runs(tmp_path: Path) -> None:
 def test_users_regime_model_sees_full_histories(tmp_path: Path) -> None:
     from recbole_ext.data import prepare_data
 
-    write_dataset(tmp_path)
+    write_taste_groups(tmp_path)
     config = Config(
         model=MultVAE,
         dataset="tiny",
@@ -212,7 +177,6 @@ def test_users_regime_model_sees_full_histories(tmp_path: Path) -> None:
         },
     )
     # The training split before any regime is applied (build() can run once per dataset).
-    from recbole.utils import init_seed
 
     init_seed(config["seed"], True)  # the random split must be the same in both builds
     reference, _, _ = create_dataset(config).build()

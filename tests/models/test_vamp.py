@@ -10,60 +10,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
 from scipy.special import expit, logsumexp
 from scipy.stats import norm
 
 import recbole_ext  # noqa: F401
 from recbole_ext.models.vamp import Vamp
+from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae
 
 YAML = Path(__file__).resolve().parents[2] / "configs" / "models" / "Vamp.yaml"
-N_USERS, N_ITEMS = 30, 40
-
-
-def write_dataset(root: Path, name: str = "tiny") -> None:
-    rng = np.random.default_rng(0)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(N_USERS):
-        pool = np.arange(0, 24) if u % 2 else np.arange(16, N_ITEMS)
-        for ts, i in enumerate(rng.choice(pool, size=rng.integers(6, 12), replace=False)):
-            lines.append(f"u{u}\ti{i}\t{ts}")
-    (root / name).mkdir(parents=True, exist_ok=True)
-    (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
+N_USERS, N_ITEMS = VAE_USERS, VAE_ITEMS
 
 
 def build(tmp_path: Path, **settings: Any) -> tuple[Any, Any, Any, Vamp]:
-    write_dataset(tmp_path)
-    config_dict = {
-        "data_path": str(tmp_path),
-        "checkpoint_dir": str(tmp_path / "ck"),
-        "eval_args": {
-            "split": {"RS": [0.8, 0.1, 0.1]},
-            "order": "RO",
-            "group_by": "user",
-            "mode": "full",
-        },
-        "metrics": ["RecallCap", "NDCG"],
-        "topk": [5],
-        "valid_metric": "NDCG@5",
-        "hidden_size": 16,
-        "z1_size": 8,
-        "number_components": 6,
-        "train_batch_size": 16,
-        "epochs": 2,
-        "seed": 0,
-        "show_progress": False,
-    }
-    config_dict.update(settings)
-    config = Config(
-        model=Vamp, dataset="tiny", config_file_list=[str(YAML)], config_dict=config_dict
+    return build_vae(
+        tmp_path, Vamp, {"hidden_size": 16, "z1_size": 8, "number_components": 6}, **settings
     )
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    return config, train, valid, Vamp(config, train._dataset)
 
 
 def numpy_params(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
