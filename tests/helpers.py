@@ -97,3 +97,65 @@ def build_vae(tmp_path: Path, cls: type, model_settings: dict, **settings: objec
     init_seed(config["seed"], config["reproducibility"])
     train, valid, _ = data_preparation(config, create_dataset(config))
     return config, train, valid, cls(config, train._dataset)
+
+
+# --- the sequential VAE / filter models' tiny data ---------------------------------------------
+def sequential_setup(tmp: Path, cls: type, settings: dict, n_items: int = 25) -> tuple:
+    """(config, train, test, one training batch, config snapshot) of ``cls`` with its YAML
+    defaults and ``settings``, on 30 users' random sequences of 5-9 of ``n_items`` items, split
+    leave-one-out. ``make_model`` restores the snapshot, so one test's overrides never leak."""
+    import numpy as np
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(1, 31):
+        items = rng.choice(np.arange(1, n_items + 1), size=rng.integers(5, 10), replace=False)
+        rows += [(user, int(i), float(t)) for t, i in enumerate(items)]
+    write_inter(tmp, "tiny", rows)
+    config = Config(
+        model=cls,
+        dataset="tiny",
+        config_file_list=[str(ROOT / "configs" / "models" / f"{cls.__name__}.yaml")],
+        config_dict={
+            "data_path": str(tmp),
+            "checkpoint_dir": str(tmp / "ck"),
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            **settings,
+        },
+    )
+    init_seed(0, True)
+    train, _, test = data_preparation(config, create_dataset(config))
+    return config, train, test, next(iter(train)), dict(config.final_config_dict)
+
+
+def make_model(setup: tuple, cls: type, **overrides: object) -> object:
+    """A fresh ``cls`` from a ``sequential_setup``, seeded, with ``overrides`` on its config."""
+    from recbole.utils import init_seed
+
+    config, train = setup[0], setup[1]
+    config.final_config_dict.update(setup[4])  # undo earlier tests' overrides
+    for key, value in overrides.items():
+        config[key] = value
+    init_seed(0, True)
+    return cls(config, train._dataset)
+
+
+def train_steps(model: object, batch: object, steps: int, lr: float = 1e-2) -> tuple[list, list]:
+    """``steps`` Adam steps on one batch: (losses, the model's loss terms after each step)."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses, terms = [], []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        terms.append(dict(model.last_loss_terms))
+    return losses, terms

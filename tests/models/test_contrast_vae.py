@@ -6,13 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
-from recbole.utils import init_seed
 
 from recbole_ext.models.contrast_vae import ContrastVAE
-from tests.helpers import ROOT, write_inter
+from tests.helpers import ROOT, make_model, sequential_setup, train_steps
 
 YAML = str(ROOT / "configs/models/ContrastVAE.yaml")
 TINY = {
@@ -28,57 +25,16 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cvae")
-    rng = np.random.default_rng(0)
-    rows = []
-    for user in range(1, 31):
-        items = rng.choice(np.arange(1, 26), size=rng.integers(5, 10), replace=False)
-        rows += [(user, int(i), float(t)) for t, i in enumerate(items)]
-    write_inter(tmp, "tiny", rows)
-    config = Config(
-        model=ContrastVAE,
-        dataset="tiny",
-        config_file_list=[YAML],
-        config_dict={
-            "data_path": str(tmp),
-            "checkpoint_dir": str(tmp / "ck"),
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
-            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            **TINY,
-        },
-    )
-    init_seed(0, True)
-    dataset = create_dataset(config)
-    train, _, test = data_preparation(config, dataset)
-    return config, train, test, next(iter(train)), dict(config.final_config_dict)
+    return sequential_setup(tmp_path_factory.mktemp("cvae"), ContrastVAE, TINY)
 
 
 def make(setup, **overrides):
-    config, train = setup[0], setup[1]
-    config.final_config_dict.update(setup[4])  # undo earlier tests' overrides
-    for key, value in {**TINY, **overrides}.items():
-        config[key] = value
-    init_seed(0, True)
-    return ContrastVAE(config, train._dataset)
+    return make_model(setup, ContrastVAE, **{**TINY, **overrides})
 
 
 def batch_of(setup):
     # One fixed batch: iterating the loader again would shuffle differently.
     return setup[3]
-
-
-def train_steps(model, batch, steps, lr=1e-2):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses, terms = [], []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        terms.append(dict(model.last_loss_terms))
-    return losses, terms
 
 
 @pytest.mark.parametrize("augmentation", ["vanilla", "ma", "da", "va", "va_da"])

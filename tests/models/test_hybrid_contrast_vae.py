@@ -6,12 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
 
 from recbole_ext.models.hybrid_contrast_vae import HybridContrastVAE
-from tests.helpers import ROOT, write_inter
+from tests.helpers import ROOT, make_model, sequential_setup, train_steps
 
 YAML = str(ROOT / "configs/models/HybridContrastVAE.yaml")
 TINY = {
@@ -27,51 +24,11 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hybrid")
-    rng = np.random.default_rng(0)
-    rows = []
-    for user in range(1, 31):
-        items = rng.choice(np.arange(1, 26), size=rng.integers(5, 10), replace=False)
-        rows += [(user, int(i), float(t)) for t, i in enumerate(items)]
-    write_inter(tmp, "tiny", rows)
-    config = Config(
-        model=HybridContrastVAE,
-        dataset="tiny",
-        config_file_list=[YAML],
-        config_dict={
-            "data_path": str(tmp),
-            "checkpoint_dir": str(tmp / "ck"),
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
-            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            **TINY,
-        },
-    )
-    init_seed(0, True)
-    train, _, test = data_preparation(config, create_dataset(config))
-    return config, train, test, next(iter(train)), dict(config.final_config_dict)
+    return sequential_setup(tmp_path_factory.mktemp("hybrid"), HybridContrastVAE, TINY)
 
 
 def make(setup, **overrides):
-    config, train = setup[0], setup[1]
-    config.final_config_dict.update(setup[4])
-    for key, value in overrides.items():
-        config[key] = value
-    init_seed(0, True)
-    return HybridContrastVAE(config, train._dataset)
-
-
-def train_steps(model, batch, steps, lr=1e-2):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses, terms = [], []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        terms.append(dict(model.last_loss_terms))
-    return losses, terms
+    return make_model(setup, HybridContrastVAE, **overrides)
 
 
 @pytest.mark.parametrize(
