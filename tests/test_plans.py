@@ -10,6 +10,7 @@ import pytest
 
 from bench import plans
 from bench.errors import BenchError
+from tests.helpers import ROOT
 
 
 def write_plan(tmp_path, text: str):
@@ -102,3 +103,15 @@ def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences,
     saved = json.loads((out / "plans" / "p.json").read_text())
     assert [r["interrupted"] for r in saved["runs"]] == [True]
     assert saved["runs"][0]["returncode"] != 0 and saved["finished_at"] is None
+
+
+@pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "plans").glob("*.yaml")), ids=str)
+def test_shipped_plans_name_known_models_and_datasets(plan):
+    from bench import configs
+    from recbole_ext import registry
+
+    runs = plans.load_plan(plan)
+    assert runs
+    for run in runs:
+        assert registry.get(run.model)
+        assert configs.has_dataset_config(run.dataset)
