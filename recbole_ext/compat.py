@@ -314,12 +314,33 @@ def _import_sequential_models_without_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(was_enabled)
 
 
+# 11. TransRec.full_sort_predict repeats the item table per user and subtracts: four
+# [users, items, embedding] tensors per evaluation batch, 12.7 GB each for 4,096 Beauty users over
+# 12,101 items at width 64, so a full-ranking evaluation is killed for memory. The same distances
+# come from torch.cdist without the per-pair tensor ([users, items] only).
+def _transrec_full_sort_predict(self: Any, interaction: Any) -> torch.Tensor:
+    user_translation = self.forward(
+        interaction[self.USER_ID], interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+    )
+    distance = torch.cdist(
+        user_translation, self.item_embedding.weight, compute_mode="donot_use_mm_for_euclid_dist"
+    )
+    return self.bias.weight.view(1, -1) - distance  # [users, items]
+
+
+def _patch_transrec_full_sort() -> None:
+    from recbole.model.sequential_recommender.transrec import TransRec
+
+    TransRec.full_sort_predict = _transrec_full_sort_predict
+
+
 # Every patch by name, in the order apply() runs them. Stock RecBole 1.2.1 needs "numpy_aliases"
 # to start at all on NumPy 2; "dataset_fillna" only for data with empty cells or token_seq
 # columns, "scipy_dok_update" only for graph models (NGCF, LightGCN ...), "tensorboard" only where
 # the tensorboard package is missing. The rest fix wrong or slow behaviour (command-line flags
 # and CUDA_VISIBLE_DEVICES taken over by Config, unloadable and clashing checkpoints, TensorBoard
-# files, anomaly detection left on for the whole process).
+# files, anomaly detection left on for the whole process, TransRec's full ranking running out of
+# memory).
 FIXES = {
     "numpy_aliases": _patch_numpy_aliases_and_config,
     "config": _patch_config,
@@ -328,4 +349,5 @@ FIXES = {
     "trainer": _patch_trainer,
     "tensorboard": _patch_tensorboard,
     "no_anomaly_detection": _import_sequential_models_without_anomaly_detection,
+    "transrec_full_sort": _patch_transrec_full_sort,
 }
