@@ -8,6 +8,7 @@ one dataset, over seeds, with optional settings, a run name (a variant row) and 
       - {dataset: amazon-beauty, models: [SASRec, SLIME4Rec], seeds: [0, 1, 2]}
       - {dataset: amazon-beauty, models: [HybridContrastVAE], name: HybridContrastVAE-dirichlet,
          set: {latent: dirichlet}, seeds: [0, 1, 2]}
+    baselines: {amazon-beauty: HybridContrastVAE}   # optional: leaderboards' --baseline
 
 Every (model, seed) becomes its own ``python -m bench run`` process, so a plan fills a many-core
 GPU machine; jobs start in the plan's order as slots free up. With a deadline, a job that starts
@@ -19,6 +20,7 @@ each process's output to ``<out>/plans/<plan>/logs/``. The leaderboards are rebu
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -29,11 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import configs, leaderboard
+from bench import configs, leaderboard, results
 from bench.errors import BenchError
 from bench.io import write_json
 
 JOB_KEYS = frozenset({"dataset", "models", "seeds", "name", "set", "budget_s", "epochs"})
+PLAN_KEYS = frozenset({"defaults", "jobs", "baselines"})
 
 
 @dataclass
@@ -84,9 +87,29 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
+def _read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    data = configs.load_yaml(path)
+    unknown = sorted(set(data) - PLAN_KEYS)
+    if unknown:
+        raise BenchError(f"plan {path}: unknown top-level key(s) {', '.join(unknown)}")
+    return data
+
+
+def load_baselines(path: str | os.PathLike) -> dict[str, str]:
+    """The plan's ``baselines:`` (dataset -> model row): its leaderboards compare with them."""
+    baselines = _read_plan(path).get("baselines") or {}
+    if not isinstance(baselines, dict) or not all(isinstance(v, str) for v in baselines.values()):
+        raise BenchError(f"plan {path}: 'baselines' must map datasets to model names")
+    datasets = {run.dataset for run in load_plan(path)}
+    stray = sorted(set(baselines) - datasets)
+    if stray:
+        raise BenchError(f"plan {path}: baselines for dataset(s) no job runs: {', '.join(stray)}")
+    return {str(k): v for k, v in baselines.items()}
+
+
 def load_plan(path: str | os.PathLike) -> list[PlannedRun]:
     """The runs of a plan file, in order; a malformed plan raises :class:`BenchError`."""
-    data = configs.load_yaml(path)
+    data = _read_plan(path)
     jobs = data.get("jobs")
     if not isinstance(jobs, list) or not jobs:
         raise BenchError(f"plan {path}: needs a non-empty 'jobs' list")
@@ -144,6 +167,8 @@ class PlanRecord:
     runs: list[dict[str, Any]] = field(default_factory=list)
     not_started: list[dict[str, Any]] = field(default_factory=list)
     finished_at: str | None = None
+    # With --resume: the records of the earlier, cut-off executions of the same plan, oldest first.
+    earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -168,6 +193,7 @@ def execute(
     """Run a plan's runs, ``parallel`` at a time, and rebuild the leaderboards of its datasets."""
     plan_path = Path(plan_path)
     runs = load_plan(plan_path)
+    baselines = load_baselines(plan_path)
     out = Path(out)
     data = Path(data_dir) if data_dir is not None else None
     if parallel < 1:
@@ -185,6 +211,14 @@ def execute(
     queue = list(runs)
     active: list[tuple[subprocess.Popen, dict[str, Any], Any]] = []
     record_path = out / "plans" / f"{plan_path.stem}.json"
+    if resume:
+        if record_path.exists():
+            previous = json.loads(record_path.read_text(encoding="utf-8"))
+            record.earlier = [*previous.pop("earlier", []), previous]
+        done = [r for r in queue if results.completed(out, r.dataset, r.label, r.seed)]
+        for run in done:
+            echo(f"skipped {run.key}: result exists (--resume)")
+        queue = [r for r in queue if r not in done]
     try:
         while queue or active:
             while queue and len(active) < parallel:
@@ -228,7 +262,7 @@ def execute(
         write_json(record_path, asdict(record))
         raise
     for dataset in sorted({r.dataset for r in runs}):
-        leaderboard.write(out, dataset)
+        leaderboard.write(out, dataset, baselines.get(dataset))
     record.finished_at = _now()
     write_json(record_path, asdict(record))
     return record

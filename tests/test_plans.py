@@ -51,11 +51,22 @@ jobs:
         ("jobs: [{dataset: tiny, models: [Pop], sed: 1}]", "unknown key(s) sed"),
         ("jobs: [{dataset: tiny, models: [Pop, BPR], name: x}]", "names a variant of several"),
         ("jobs: [{dataset: tiny, models: [Pop]}, {dataset: tiny, models: Pop}]", "listed twice"),
+        ("jobs: [{dataset: tiny, models: [Pop]}]\nbaseline: {tiny: Pop}", "top-level key(s)"),
     ],
 )
 def test_malformed_plans_are_refused(tmp_path, text, message):
     with pytest.raises(BenchError, match="plan .*" + re.escape(message)):
         plans.load_plan(write_plan(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("baselines", "message"),
+    [("[Pop]", "must map datasets"), ("{other: Pop}", "dataset(s) no job runs: other")],
+)
+def test_malformed_baselines_are_refused(tmp_path, baselines, message):
+    path = write_plan(tmp_path, f"jobs: [{{dataset: tiny, models: [Pop]}}]\nbaselines: {baselines}")
+    with pytest.raises(BenchError, match=re.escape(message)):
+        plans.load_baselines(path)
 
 
 def test_deadline_cuts_late_runs_budgets():
@@ -72,6 +83,7 @@ def test_plan_runs_in_parallel_then_a_deadline_leaves_runs_out(tiny_sequences):
 jobs:
   - {dataset: tiny, models: [Pop], seeds: [0, 1]}
   - {dataset: tiny, models: [Pop], name: Pop-variant, budget_s: 500}
+baselines: {tiny: Pop-variant}
 """,
     )
     out = tiny_sequences / "out"
@@ -83,6 +95,14 @@ jobs:
     assert (out / "plans" / "p" / "logs" / "tiny__Pop-variant__seed-0.log").is_file()
     table = pd.read_csv(out / "leaderboard" / "tiny.csv").set_index("model")
     assert table.loc["Pop", "seeds"] == 2 and table.loc["Pop-variant", "seeds"] == 1
+    references = pd.read_csv(out / "leaderboard" / "tiny.significance.csv")["reference"]
+    assert "Pop-variant" in set(references)  # the plan's baseline
+
+    # Resumed: finished runs are not started again and the earlier record is kept.
+    again = plans.execute(path, resume=True, **common)
+    assert not again.runs and not again.not_started
+    assert [len(r["runs"]) for r in again.earlier] == [3]
+    assert len(json.loads((out / "plans" / "p.json").read_text())["earlier"]) == 1
 
     # 0.5 s left after the reserve: below min_budget_s, so nothing starts.
     late = plans.execute(path, deadline_s=100, reserve_s=99.5, min_budget_s=1, **common)
@@ -115,3 +135,6 @@ def test_shipped_plans_name_known_models_and_datasets(plan):
     for run in runs:
         assert registry.get(run.model)
         assert configs.has_dataset_config(run.dataset)
+    labels = {run.label for run in runs}
+    for baseline in plans.load_baselines(plan).values():
+        assert baseline in labels or registry.get(baseline)
