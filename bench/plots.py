@@ -18,13 +18,42 @@ import pandas as pd
 FORMATS = ("png", "svg")
 
 
-def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+# Up to this many legend entries sit inside the axes; more go in columns below the plot, and the
+# figure grows by a row of them per LEGEND_COLUMNS entries (30 models inside collapsed the axes).
+LEGEND_INSIDE_MAX = 8
+LEGEND_COLUMNS = 3
+_LEGEND_ROW_INCHES = 0.22
+
+
+def _figure(width: float = 7.0, height: float = 4.5, legend_entries: int = 0) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if legend_entries > LEGEND_INSIDE_MAX:
+        height += 0.4 + _LEGEND_ROW_INCHES * -(-legend_entries // LEGEND_COLUMNS)
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _line_styles(ax: Any) -> None:
+    """Ten colours, then the same ten dashed, dotted, dash-dotted: 40 lines stay distinguishable."""
+    from cycler import cycler
+    from matplotlib import colormaps
+
+    colours = list(colormaps["tab10"].colors)
+    ax.set_prop_cycle(cycler(linestyle=["-", "--", ":", "-."]) * cycler(color=colours))
+
+
+def _legend(fig: Any, ax: Any, fontsize: str = "small") -> None:
+    """The axes' legend: inside for a few entries, in columns below the plot for many."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE_MAX:
+        ax.legend(handles, labels, fontsize=fontsize)
+    else:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncol=LEGEND_COLUMNS, fontsize=fontsize
+        )
 
 
 def save(fig: Any, folder: str | os.PathLike, stem: str) -> list[Path]:
@@ -83,8 +112,9 @@ def learning_curves(
     scores = _epoch_scores(results)
     order = [m for m in (models or sorted(scores)) if m in scores]
     metric = next((r.get("valid_metric") for r in results if r.get("valid_metric")), "score")
-    fig = _figure()
+    fig = _figure(legend_entries=len(order))
     ax = fig.add_subplot()
+    _line_styles(ax)
     for model in order:
         by_epoch = scores[model].groupby("epoch")["score"].agg(["mean", "min", "max", "count"])
         epochs = by_epoch.index.to_numpy()  # 0-based, as best_epoch in the tables
@@ -105,7 +135,7 @@ def learning_curves(
     ax.set_title("Validation learning curves (mean over seeds, band: min-max)")
     ax.grid(True, alpha=0.3)
     if order:
-        ax.legend(fontsize="small")
+        _legend(fig, ax)
     else:
         ax.text(0.5, 0.5, "no validation scores", ha="center", transform=ax.transAxes)
     return save(fig, folder, stem)
@@ -139,8 +169,10 @@ def kl_curves(
     order = [m for m in (models or sorted(terms)) if m in terms]
     if not order:
         return None
-    fig = _figure(8.0, 5.0)
+    entries = sum(terms[model]["term"].nunique() for model in order)
+    fig = _figure(8.0, 5.0, legend_entries=entries)
     ax = fig.add_subplot()
+    _line_styles(ax)
     for model in order:
         frame = terms[model]
         for term, part in frame.groupby("term"):
@@ -152,7 +184,7 @@ def kl_curves(
     ax.set_ylabel("KL per position, epoch mean")
     ax.set_title("KL terms per epoch (mean over seeds): collapse shows as a fall towards 0")
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize="x-small", ncol=2)
+    _legend(fig, ax, fontsize="x-small")
     return save(fig, folder, stem)
 
 
@@ -189,10 +221,11 @@ def metric_at_k(
     names = list(families)
     ncols = min(2, max(1, len(names)))
     nrows = max(1, -(-len(names) // ncols))
-    fig = _figure(5.0 * ncols, 3.6 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     rows = table[table["seeds"] > 0]
+    fig = _figure(5.0 * ncols, 3.6 * nrows, legend_entries=len(rows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, base in zip(axes, names, strict=False):
+        _line_styles(ax)
         points = sorted(families[base])
         ks = [k for k, _ in points]
         for _, row in rows.iterrows():
@@ -205,6 +238,6 @@ def metric_at_k(
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     if names and len(rows):
-        axes[0].legend(fontsize="small")
+        _legend(fig, axes[0])
     fig.suptitle("Test metrics at K (mean over seeds)")
     return save(fig, folder, stem)

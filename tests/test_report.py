@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +29,9 @@ def _check_figures(paths: list[Path]) -> None:
     assert not list(png.parent.glob("*.tmp"))
 
 
-def _synthetic_results():
+def _synthetic_results(models=(("A", 1.0), ("B", 0.5))):
     results = []
-    for model, scale in (("A", 1.0), ("B", 0.5)):
+    for model, scale in models:
         for seed in (0, 1):
             epochs = 3 if seed == 0 else 2  # early stopping: curves align by epoch
             results.append(
@@ -64,6 +65,21 @@ def test_figures_are_written_as_png_and_svg(tmp_path):
         "metric_at_k.png",
         "metric_at_k.svg",
     ]
+
+
+def test_figures_of_many_models_keep_their_plots_and_list_them_below(tmp_path):
+    # 30 models' legend inside the axes squeezed them to nothing (matplotlib warned); now the
+    # legend goes below in columns and the figure grows to hold it.
+    from matplotlib.image import imread
+
+    results = _synthetic_results([(f"model-{i}", 1.0 / (i + 1)) for i in range(30)])
+    table = leaderboard.build(results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = [plots.learning_curves(results, tmp_path), plots.metric_at_k(table, tmp_path)]
+    few = plots.learning_curves(_synthetic_results(), tmp_path / "few")
+    for png, _svg in paths:
+        assert imread(png).shape[0] > imread(few[0]).shape[0]
 
 
 @pytest.fixture(scope="module")
