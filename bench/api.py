@@ -17,7 +17,14 @@ from typing import Any
 
 from bench import configs, leaderboard, results
 from bench.errors import BenchError
-from bench.runner import PreparedRun, RunRequest, check_settings, prepare, run_safely
+from bench.runner import (
+    PreparedRun,
+    RunRequest,
+    check_settings,
+    prepare,
+    resume_settings,
+    run_safely,
+)
 
 
 @dataclass
@@ -114,7 +121,9 @@ def run(
             prepared = prepare(request)
             prepared_runs.append(prepared)
             label = name or prepared.spec.name
-            if resume and results.completed(out, dataset, label, int(seed)):
+            if resume and results.completed(
+                out, dataset, label, int(seed), resume_settings(prepared)
+            ):
                 summary.skipped.append((label, int(seed)))
                 continue
             planned.append(prepared)

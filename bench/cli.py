@@ -52,7 +52,10 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
     out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
-    resume: Annotated[bool, typer.Option(help="Skip runs whose result exists")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
+    ] = False,
     name: Annotated[
         str | None,
         typer.Option(help="Store one model's runs as this leaderboard row (a variant)"),
@@ -131,7 +134,10 @@ def plan(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
     out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
-    resume: Annotated[bool, typer.Option(help="Skip runs whose result exists")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing")] = False,
 ) -> None:
     """Run a plan's runs as parallel `bench run` processes; rebuild the leaderboards."""

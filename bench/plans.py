@@ -8,6 +8,7 @@ one dataset, over seeds, with optional settings, a run name (a variant row) and 
       - {dataset: amazon-beauty, models: [SASRec, SLIME4Rec], seeds: [0, 1, 2]}
       - {dataset: amazon-beauty, models: [HybridContrastVAE], name: HybridContrastVAE-dirichlet,
          set: {latent: dirichlet}, seeds: [0, 1, 2]}
+      - {dataset: ml-1m, models: all}   # the dataset's suite, as ``bench run --models all``
     baselines: {amazon-beauty: HybridContrastVAE}   # optional: leaderboards' --baseline
 
 Every (model, seed) becomes its own ``python -m bench run`` process, so a plan fills a many-core
@@ -125,6 +126,8 @@ def load_plan(path: str | os.PathLike) -> list[PlannedRun]:
         if "dataset" not in job or not job.get("models"):
             raise BenchError(f"plan {path}: job {number} needs 'dataset' and 'models'")
         models = job["models"] if isinstance(job["models"], list) else [job["models"]]
+        if models == ["all"]:  # as ``bench run --models all``: the dataset's suite
+            models = configs.suite(str(job["dataset"]))
         if job.get("name") and len(models) != 1:
             raise BenchError(f"plan {path}: job {number} names a variant of several models")
         seeds = job.get("seeds", [0])
@@ -156,6 +159,28 @@ def granted_budget(wanted_s: float, elapsed_s: float, deadline_s: float, reserve
         return wanted_s
     left = deadline_s - elapsed_s - reserve_s
     return left if wanted_s <= 0 else min(wanted_s, left)
+
+
+def _finished(run: PlannedRun, out: Path, device: str, data_dir: Path | None) -> bool:
+    """Whether a result exists that this run would only repeat: same settings, and not cut off
+    by a smaller budget than this run's (a capped CPU run does not stand in for a GPU run)."""
+    from bench.runner import RunRequest, prepare, resume_settings  # torch: only for --resume
+
+    settings = dict(run.settings)
+    if run.epochs is not None:
+        settings["epochs"] = run.epochs
+    settings["time_budget_s"] = run.budget_s
+    request = RunRequest(
+        dataset=run.dataset,
+        model=run.model,
+        seed=run.seed,
+        settings=settings,
+        device=device,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        name=run.name,
+    )
+    wanted = resume_settings(prepare(request))
+    return results.completed(out, run.dataset, run.label, run.seed, wanted)
 
 
 @dataclass
@@ -215,7 +240,7 @@ def execute(
         if record_path.exists():
             previous = json.loads(record_path.read_text(encoding="utf-8"))
             record.earlier = [*previous.pop("earlier", []), previous]
-        done = [r for r in queue if results.completed(out, r.dataset, r.label, r.seed)]
+        done = [r for r in queue if _finished(r, out, device, data)]
         for run in done:
             echo(f"skipped {run.key}: result exists (--resume)")
         queue = [r for r in queue if r not in done]

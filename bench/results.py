@@ -65,10 +65,57 @@ def read_result(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def completed(out: str | os.PathLike, dataset: str, model: str, seed: int) -> bool:
-    """Whether a successful result exists (``--resume`` skips those; failed runs run again)."""
+def completed(
+    out: str | os.PathLike,
+    dataset: str,
+    model: str,
+    seed: int,
+    wanted: dict[str, Any] | None = None,
+) -> bool:
+    """Whether a successful result exists that a run configured with ``wanted`` would only
+    repeat (``--resume`` skips those; failed runs run again). See :func:`answers`."""
     result = read_result(run_path(out, dataset, model, seed))
-    return bool(result) and result.get("status") == "ok"
+    return bool(result) and result.get("status") == "ok" and answers(result, wanted or {})
+
+
+def answers(result: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether ``result`` is what a run configured with ``wanted`` computes.
+
+    Every wanted scalar or list the result's config holds must agree (a model default changed
+    since, such as a patience, means a run again). Nested settings and unset ones are left out:
+    RecBole rewrites those when it resolves a config (``mode: full`` becomes one mode per split,
+    an unset negative sampling a dict of ``none``). A run its time budget stopped is reused only
+    for a budget no larger than its own (``time_budget_s`` 0 wants no cap, so it trains on).
+    """
+    config = result.get("config") or {}
+    if result.get("stopped_by_budget"):
+        cap = float(config.get("time_budget_s") or 0)
+        budget = float(wanted.get("time_budget_s") or 0)
+        if budget <= 0 or budget > cap:
+            return False
+    return all(
+        _agrees(config[key], value)
+        for key, value in wanted.items()
+        if key != "time_budget_s"
+        and key in config
+        and value is not None
+        and not isinstance(value, dict)
+    )
+
+
+def _agrees(have: Any, want: Any) -> bool:
+    if isinstance(want, list | tuple):
+        return (
+            isinstance(have, list | tuple)
+            and len(have) == len(want)
+            and all(_agrees(h, w) for h, w in zip(have, want, strict=True))
+        )
+    if isinstance(want, int | float) and not isinstance(want, bool):
+        try:
+            return abs(float(have) - float(want)) <= 1e-9 * max(1.0, abs(float(want)))
+        except (TypeError, ValueError):
+            return False
+    return have == want or str(have) == str(want)
 
 
 def load_results(out: str | os.PathLike, dataset: str | None = None) -> list[dict[str, Any]]:

@@ -229,6 +229,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def resume_settings(prepared: PreparedRun) -> dict[str, Any]:
+    """What ``--resume`` compares an existing result's config with: the settings a run computes
+    with, and its training budget (a run cut off by a smaller one is run again)."""
+    config = prepared.config_dict
+    wanted = {k: v for k, v in config.items() if k not in _PLACEMENT_KEYS}
+    wanted["time_budget_s"] = config.get("time_budget_s") or 0
+    return wanted
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of what a run computes: the resolved config without seed and placement keys."""
     relevant = {k: v for k, v in config.items() if k not in _PLACEMENT_KEYS}

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from bench import plans
+from bench import configs, plans
 from bench.errors import BenchError
 from tests.helpers import ROOT
 
@@ -41,6 +41,13 @@ jobs:
     cmd = runs[-1].command(30, "cpu", tmp_path, None, resume=True)
     assert cmd[cmd.index("--name") + 1] == "SASRec-wide"
     assert "hidden_size=16" in cmd and "time_budget_s=30" in cmd and cmd[-1] == "--resume"
+
+
+def test_a_job_of_all_models_runs_the_datasets_suite(tmp_path):
+    path = write_plan(tmp_path, "jobs:\n  - {dataset: amazon-sports, models: all, seeds: [0, 1]}\n")
+    runs = plans.load_plan(path)
+    suite = configs.suite("amazon-sports")
+    assert [r.model for r in runs] == [m for m in suite for _ in (0, 1)] and len(suite) > 20
 
 
 @pytest.mark.parametrize(
@@ -103,6 +110,16 @@ baselines: {tiny: Pop-variant}
     assert not again.runs and not again.not_started
     assert [len(r["runs"]) for r in again.earlier] == [3]
     assert len(json.loads((out / "plans" / "p.json").read_text())["earlier"]) == 1
+
+    # A result its budget cut off stands for a run with the same cap, not for an uncapped one.
+    variant = out / "runs" / "tiny" / "Pop-variant" / "seed-0.json"
+    cut = json.loads(variant.read_text())
+    variant.write_text(json.dumps({**cut, "stopped_by_budget": True}))
+    assert not plans.execute(path, resume=True, **common).runs
+    uncapped = write_plan(tiny_sequences, path.read_text().replace("budget_s: 500", "budget_s: 0"))
+    rerun = plans.execute(uncapped, resume=True, **common)
+    assert [(r["name"], r["returncode"]) for r in rerun.runs] == [("Pop-variant", 0)]
+    assert json.loads(variant.read_text())["stopped_by_budget"] is False
 
     # 0.5 s left after the reserve: below min_budget_s, so nothing starts.
     late = plans.execute(path, deadline_s=100, reserve_s=99.5, min_budget_s=1, **common)
