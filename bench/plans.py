@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -196,6 +198,10 @@ class PlanRecord:
     earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -244,6 +250,11 @@ def execute(
         for run in done:
             echo(f"skipped {run.key}: result exists (--resume)")
         queue = [r for r in queue if r not in done]
+    # `kill` (or a scheduler taking the machine back) stops a plan as Ctrl-C does: the runs it
+    # started are stopped and its record is kept. Only the main thread may set a handler.
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while queue or active:
             while queue and len(active) < parallel:
@@ -286,6 +297,9 @@ def execute(
             record.runs.append({**entry, "returncode": proc.returncode, "interrupted": True})
         write_json(record_path, asdict(record))
         raise
+    finally:
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
     for dataset in sorted({r.dataset for r in runs}):
         leaderboard.write(out, dataset, baselines.get(dataset))
     record.finished_at = _now()

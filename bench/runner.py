@@ -330,6 +330,7 @@ def execute(
                 trainer.best_valid_score,
                 trainer.best_valid_result,
             )
+        stopped_by_budget = stopped_by_budget or trainer.cut_by_budget
         train_seconds = time.perf_counter() - t1
         has_checkpoint = Path(trainer.saved_model_file).exists()
         t2 = time.perf_counter()

@@ -36,6 +36,33 @@ class BudgetExhausted(Exception):
     the last epoch's validation, so the trainer's best checkpoint and result stand."""
 
 
+class _BudgetedBatches:
+    """A training loader that ends its pass at the first batch boundary after ``deadline``
+    (``time.perf_counter()``): one epoch of a large dataset on a CPU can last longer than a whole
+    budget, so the budget is kept within a batch, not within an epoch. Everything else (length,
+    sampler, dataset) is the loader's."""
+
+    def __init__(self, loader: Any, deadline: float) -> None:
+        self._loader = loader
+        self._deadline = deadline
+        self.batches = 0
+        self.cut = False
+
+    def __iter__(self) -> Any:
+        for batch in self._loader:
+            yield batch
+            self.batches += 1
+            if time.perf_counter() >= self._deadline:
+                self.cut = True
+                return
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -45,6 +72,8 @@ class EpochRecord:
     valid_score: float | None = None
     valid_result: dict[str, float] | None = None
     valid_seconds: float = 0.0
+    # Set when the time budget ended the epoch part-way: the batches it trained on.
+    cut_after_batches: int | None = None
 
 
 def _as_float(value: Any) -> float:
@@ -92,6 +121,7 @@ class RecordingMixin:
 
     epoch_callback: EpochCallback | None = None
     train_epoch_hook: TrainEpochHook | None = None
+    cut_by_budget = False  # an epoch was ended part-way by ``time_budget_s``
 
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
@@ -147,8 +177,14 @@ class RecordingMixin:
             self._training_started = start
         elif budget and start - self._training_started >= budget:
             raise BudgetExhausted(f"time_budget_s={budget:g} spent after {epoch_idx} epochs")
+        batches = None
+        if budget and not isinstance(train_data, _BudgetedBatches):
+            batches = train_data = _BudgetedBatches(train_data, self._training_started + budget)
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)  # type: ignore[misc]
         record = self._record(epoch_idx)
+        if batches is not None and batches.cut:
+            record.cut_after_batches = batches.batches
+            self.cut_by_budget = True
         record.train_seconds = time.perf_counter() - start
         record.train_loss = _as_float(loss)
         record.loss_terms = self._loss_terms.pop_means()

@@ -248,8 +248,9 @@ def test_cpu_device_is_recorded(tiny_sequences):
     assert torch.device(summary.results[0]["config"]["device"]).type == "cpu"
 
 
-def test_time_budget_stops_at_an_epoch_boundary(tiny_sequences):
-    settings = {**TINY, "time_budget_s": 1e-6, "stopping_step": 10}
+def test_time_budget_stops_training_at_a_batch_boundary(tiny_sequences):
+    # Batches of 32 samples: the first epoch has several, and the budget ends it after one.
+    settings = {**TINY, "train_batch_size": 32, "time_budget_s": 1e-6, "stopping_step": 10}
     summary = api.run(
         ["SASRec"],
         "tiny",
@@ -262,7 +263,19 @@ def test_time_budget_stops_at_an_epoch_boundary(tiny_sequences):
     assert result["status"] == "ok", result.get("error")
     assert result["stopped_by_budget"] is True
     assert len(result["epochs"]) == 1 and result["best_epoch"] == 0
+    assert result["epochs"][0]["cut_after_batches"] == 1
+    assert result["data"]["train_samples"] > 32
     assert result["test"]["ndcg@10"] >= 0
+    # A last epoch cut short still marks the run as budget-limited.
+    one = api.run(
+        ["SASRec"],
+        "tiny",
+        data_dir=tiny_sequences,
+        out=tiny_sequences / "o1",
+        epochs=1,
+        settings=settings,
+    ).results[0]
+    assert one["stopped_by_budget"] is True and one["epochs"][0]["cut_after_batches"] == 1
 
 
 def test_named_variants_are_separate_leaderboard_rows(tiny_sequences):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
 import pandas as pd
 import pytest
@@ -127,19 +129,26 @@ baselines: {tiny: Pop-variant}
     assert all(r["why"].endswith("s left") for r in late.not_started)
 
 
-def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences, monkeypatch):
+def _ctrl_c(_seconds):
+    raise KeyboardInterrupt
+
+
+def _sigterm(_seconds):
+    # What a scheduler or a `kill` sends; a plan started in the background ignores Ctrl-C.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", [_ctrl_c, _sigterm], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences, monkeypatch, stop):
     path = write_plan(tiny_sequences, "jobs:\n  - {dataset: tiny, models: [Pop]}\n")
-
-    def interrupt(_seconds):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(plans.time, "sleep", interrupt)
+    monkeypatch.setattr(plans.time, "sleep", stop)
     out = tiny_sequences / "out"
     with pytest.raises(KeyboardInterrupt):
         plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
     saved = json.loads((out / "plans" / "p.json").read_text())
     assert [r["interrupted"] for r in saved["runs"]] == [True]
     assert saved["runs"][0]["returncode"] != 0 and saved["finished_at"] is None
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
 @pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "plans").glob("*.yaml")), ids=str)
