@@ -44,6 +44,9 @@ PROTOCOL_KEYS = frozenset(
         "ITEM_ID_FIELD",
         "TIME_FIELD",
         "exclude_history_items",
+        # How much history a sequential model sees is part of the protocol: a model file that
+        # shortened it would put its row on another benchmark than the rest of the board.
+        "MAX_ITEM_LIST_LENGTH",
         "heldout_users",
     }
 )

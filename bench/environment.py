@@ -22,16 +22,20 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @cache
-def git_commit() -> str | None:
-    """The commit of the harness's checkout, with ``-dirty`` when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
+def git_commit(root: Path = ROOT) -> str | None:
+    """The commit of the harness's checkout, with ``-dirty`` when its code or configs have
+    uncommitted changes. ``results/`` is left out: every run rewrites the leaderboards there, so
+    counting it would mark all but the first run of a benchmark as dirty."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             cwd=root,
             capture_output=True,
             text=True,

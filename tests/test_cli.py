@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 import torch
 from recbole.model.general_recommender import Pop
 
-from bench import api, cli
+from bench import api, cli, configs
 from bench.results import read_per_user
 from recbole_ext import registry
 from tests.helpers import TINY, run_cli
@@ -310,3 +311,29 @@ def test_threads_setting_sets_torch_threads(tiny_sequences):
         assert torch.get_num_threads() == before + 1  # differs from the default, whatever it is
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_model_file_may_not_change_the_protocol(tmp_path, monkeypatch, capsys):
+    """The maximum sequence length is the dataset's: a model file that set it would put its row
+    on another benchmark than the rest of the leaderboard."""
+    tree = tmp_path / "configs"
+    shutil.copytree(configs.CONFIG_DIR, tree)
+    with open(tree / "models" / "SASRec.yaml", "a", encoding="utf-8") as file:
+        file.write("MAX_ITEM_LIST_LENGTH: 20   # (int) shorter history\n")
+    monkeypatch.setattr(configs, "CONFIG_DIR", tree)
+    out = tmp_path / "out"
+    code, captured = _main(
+        monkeypatch, capsys, "run", "--models", "SASRec", "--dataset", "ml-100k", "--out", str(out)
+    )
+    assert code == 2
+    assert "sets protocol key(s) MAX_ITEM_LIST_LENGTH" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+MODEL_FILES = sorted((configs.CONFIG_DIR / "models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
+def test_shipped_model_files_leave_the_protocol_to_the_dataset(path):
+    assert not set(configs.load_yaml(path)) & configs.PROTOCOL_KEYS

@@ -1,0 +1,31 @@
+"""What a result records of the code that produced it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench.environment import git_commit
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_a_changed_leaderboard_does_not_make_the_code_dirty(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    (repo / "model.py").write_text("x = 1\n")
+    (repo / "results" / "board.md").write_text("| a |\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = _git(repo, "rev-parse", "HEAD")
+
+    (repo / "results" / "board.md").write_text("| b |\n")  # what every run rewrites
+    (repo / "notes.txt").write_text("untracked\n")
+    assert git_commit.__wrapped__(repo) == head
+
+    (repo / "model.py").write_text("x = 2\n")
+    assert git_commit.__wrapped__(repo) == f"{head}-dirty"
