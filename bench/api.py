@@ -138,7 +138,7 @@ def run(
             summary.results.append(result)
             if reporter:
                 reporter.finish_run(result)
-    written = leaderboard.write(out, dataset)
+    written = leaderboard.refresh(out, dataset)
     if written is not None:
         summary.leaderboard_csv, summary.leaderboard = written
     return summary

@@ -14,6 +14,7 @@ versions or data files are flagged.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections import Counter, defaultdict
@@ -244,7 +245,17 @@ def compute(
         untested=untested,
     )
     board.provenance = provenance(board)
+    board.provenance["rebuild_command"] = rebuild_command("leaderboard", out, dataset, baseline)
     return board
+
+
+def rebuild_command(
+    verb: str, out: str | os.PathLike, dataset: str, baseline: str | None = None
+) -> str:
+    """The ``bench leaderboard`` (or ``bench report``) command that writes this again from the
+    runs under ``out``."""
+    command = f"bench {verb} --results {out} --dataset {dataset}"
+    return command + (f" --baseline {baseline}" if baseline else "")
 
 
 # --- provenance --------------------------------------------------------------------------------
@@ -355,6 +366,8 @@ def provenance(board: Board) -> dict[str, Any]:
             "quick": bool(row.quick),
             "first_finished_at": done[0] if done else None,
             "last_finished_at": done[-1] if done else None,
+            # What trained the row: each run's own command line, as it was typed or planned.
+            "commands": _distinct([r.get("command") for r in runs]),
         }
     return {
         "dataset": board.dataset,
@@ -676,7 +689,13 @@ def provenance_markdown(board: Board, json_name: str | None = None) -> str:
     )
     if hashes:
         lines.append(f"- Config hashes: {hashes}.")
-    lines.append(f"- Full record: `{json_name or board.dataset + '.provenance.json'}`.")
+    json_name = json_name or board.dataset + ".provenance.json"
+    if prov.get("rebuild_command"):
+        lines.append(
+            f"- Rebuilt by `{prov['rebuild_command']}`; each row's runs came from the command "
+            f"lines under `models.<row>.commands` in `{json_name}`."
+        )
+    lines.append(f"- Full record: `{json_name}`.")
     return "\n".join(lines)
 
 
@@ -712,6 +731,28 @@ def write(
     write_json(folder / f"{dataset}.provenance.json", board.provenance)
     md_path = write_text(folder / f"{dataset}.md", to_markdown(board))
     return csv_path, md_path
+
+
+def written_baseline(out: str | os.PathLike, dataset: str) -> str | None:
+    """The baseline the dataset's leaderboard on disk was built with, if any."""
+    path = Path(out) / "leaderboard" / f"{dataset}.provenance.json"
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (written.get("statistics") or {}).get("baseline")
+
+
+def refresh(out: str | os.PathLike, dataset: str) -> tuple[Path, Path] | None:
+    """Rebuild a leaderboard after new runs, keeping the baseline it was built with (``bench
+    leaderboard --baseline`` chose it); dropped only if the baseline has no successful run now."""
+    baseline = written_baseline(out, dataset)
+    try:
+        return write(out, dataset, baseline)
+    except BenchError:
+        if baseline is None:
+            raise
+        return write(out, dataset)
 
 
 def datasets_with_results(out: str | os.PathLike) -> list[str]:

@@ -301,7 +301,10 @@ def execute(
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
     for dataset in sorted({r.dataset for r in runs}):
-        leaderboard.write(out, dataset, baselines.get(dataset))
+        if dataset in baselines:
+            leaderboard.write(out, dataset, baselines[dataset])
+        else:
+            leaderboard.refresh(out, dataset)
     record.finished_at = _now()
     write_json(record_path, asdict(record))
     return record

@@ -73,6 +73,9 @@ def write_report(out: str | os.PathLike, dataset: str, baseline: str | None = No
         raise BenchError(f"no results for dataset {dataset!r} under {out / 'runs'}")
     if not board.ok:
         raise BenchError(f"no successful run for dataset {dataset!r} under {out / 'runs'}")
+    board.provenance["rebuild_command"] = leaderboard.rebuild_command(
+        "report", out, dataset, baseline
+    )
     folder = out / "reports" / dataset
     figures = folder / "figures"
     models = list(board.table.loc[board.table["seeds"] > 0, "model"])

@@ -251,3 +251,42 @@ def test_capped_runs_put_a_budget_limited_line_in_the_header(tmp_path):
     header = text.split("| model |")[0]
     assert "**Budget-limited:** 2 of 3 runs trained under a wall-clock cap" in header
     assert "850-900 s" in header and "1 of them stopped at it" in header
+
+
+def test_provenance_names_the_commands_that_made_the_board(tmp_path):
+    for seed in (0, 1):
+        result = _result("A", seed, 0.1 + seed / 10)
+        result["command"] = f"bench run --models A --dataset d --seeds {seed}"
+        write_result(tmp_path, result)
+    _, md_path = leaderboard.write(tmp_path, "d")
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["models"]["A"]["commands"] == [
+        "bench run --models A --dataset d --seeds 0",
+        "bench run --models A --dataset d --seeds 1",
+    ]
+    assert prov["rebuild_command"] == f"bench leaderboard --results {tmp_path} --dataset d"
+    assert f"Rebuilt by `bench leaderboard --results {tmp_path} --dataset d`" in md_path.read_text()
+
+
+def test_a_refresh_after_new_runs_keeps_the_baseline(tmp_path):
+    _significance_fixture(tmp_path)
+    leaderboard.write(tmp_path, "d", baseline="Weak")
+    write_result(tmp_path, _result("New", 0, 0.05))
+    _, md_path = leaderboard.refresh(tmp_path, "d")
+    assert "significantly different from the baseline, Weak" in md_path.read_text()
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["statistics"]["baseline"] == "Weak"
+    assert prov["rebuild_command"].endswith("--dataset d --baseline Weak")
+    # A baseline whose runs are gone is dropped rather than failing the refresh.
+    for path in (tmp_path / "runs" / "d" / "Weak").glob("*"):
+        path.unlink()
+    _, md_path = leaderboard.refresh(tmp_path, "d")
+    assert (
+        "baseline"
+        not in json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())[
+            "rebuild_command"
+        ]
+    )
+    # `bench leaderboard` without --baseline rebuilds without one.
+    leaderboard.write(tmp_path, "d")
+    assert leaderboard.written_baseline(tmp_path, "d") is None
