@@ -255,6 +255,7 @@ def execute(
     restore_sigterm = None
     if threading.current_thread() is threading.main_thread():
         restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+        restore_sigint = signal.getsignal(signal.SIGINT)
     try:
         while queue or active:
             while queue and len(active) < parallel:
@@ -290,6 +291,11 @@ def execute(
                     f"{entry['end_s'] - entry['start_s']:.0f} s"
                 )
     except BaseException:  # interrupted: stop the runs it started, keep the record
+        if restore_sigterm is not None:
+            # A second signal (`uv run` forwards the one it got; a scheduler may repeat its own)
+            # must not cut this cleanup short and leave runs behind with no record.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         for proc, entry, log in active:
             proc.terminate()
             proc.wait()
@@ -300,6 +306,7 @@ def execute(
     finally:
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
+            signal.signal(signal.SIGINT, restore_sigint)
     for dataset in sorted({r.dataset for r in runs}):
         if dataset in baselines:
             leaderboard.write(out, dataset, baselines[dataset])

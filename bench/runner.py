@@ -23,6 +23,7 @@ from bench import configs
 from bench.datasets import check_atomic_header, fingerprint, locate
 from bench.environment import environment
 from bench.errors import BenchError
+from bench.memory import PeakMemory
 from bench.results import PER_USER_KEY
 from recbole_ext import registry
 from recbole_ext.data import fold_in, load_dataset, prepare_data
@@ -301,6 +302,7 @@ def execute(
         data_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
+        train_memory = PeakMemory(config["device"]).start()
         pretrain_records: list = []
         if needs_pretraining(config):
             budget = float(config["time_budget_s"] or 0)
@@ -332,9 +334,12 @@ def execute(
             )
         stopped_by_budget = stopped_by_budget or trainer.cut_by_budget
         train_seconds = time.perf_counter() - t1
+        memory = {"train": train_memory.stop()}  # validations included
         has_checkpoint = Path(trainer.saved_model_file).exists()
         t2 = time.perf_counter()
+        test_memory = PeakMemory(config["device"]).start()
         test_result = trainer.evaluate(test_data, load_best_model=has_checkpoint)
+        memory["test"] = test_memory.stop()
         eval_seconds = time.perf_counter() - t2
         per_user = dict(trainer.last_per_user)
         if per_user:
@@ -375,6 +380,8 @@ def execute(
             "eval_seconds": eval_seconds,
             "total_seconds": data_seconds + train_seconds + eval_seconds,
         },
+        # Peak memory of training (validations included) and of the test pass: bench.memory.
+        "memory": memory,
         "data": {
             "path": str(prepared.data_path / prepared.data_name),
             "sha256": fingerprint(prepared.data_path / prepared.data_name),

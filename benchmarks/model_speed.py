@@ -61,7 +61,6 @@ if str(REPO) not in sys.path:  # run as a script: make ``bench`` and ``recbole_e
 from bench.io import write_text  # noqa: E402  (standard library only: safe in the stock worker)
 
 SCHEMA = 1
-MIB = 1024 * 1024
 # What stock RecBole 1.2.1 needs to run SASRec-like models at all here (NumPy 2: its Config
 # assigns the removed np.float_). Not "config" (argv and CUDA_VISIBLE_DEVICES: no crash),
 # "dataset_fillna" (no empty cells or token_seq columns in these datasets), "trainer" (evaluation
@@ -116,7 +115,7 @@ class CappedLoader:
 
 
 class Phase:
-    """Wall seconds (CUDA synchronized) and peak memory of one phase."""
+    """Wall seconds (CUDA synchronized) and peak memory (:mod:`bench.memory`) of one phase."""
 
     def __init__(self, device: Any) -> None:
         self.device = device
@@ -124,13 +123,9 @@ class Phase:
         self.memory: dict[str, float | None] = {}
 
     def __enter__(self) -> Phase:
-        import torch
+        from bench.memory import PeakMemory
 
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._rss = _PeakRSS().__enter__()
+        self._peak = PeakMemory(self.device).start()
         self._start = time.perf_counter()
         return self
 
@@ -140,24 +135,18 @@ class Phase:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
+        peak = self._peak.stop()
         if self.device.type == "cuda":
             self.memory = {
-                "max_allocated_mib": torch.cuda.max_memory_allocated(self.device) / MIB,
-                "max_reserved_mib": torch.cuda.max_memory_reserved(self.device) / MIB,
+                "max_allocated_mib": peak["peak_mib"],
+                "max_reserved_mib": peak["reserved_mib"],
             }
         else:
-            self._rss.__exit__()
             self.memory = {
-                "peak_rss_mib": self._rss.peak,
-                "rss_at_start_mib": self._rss.start,
-                "peak_rss_exact": self._rss.exact,
+                "peak_rss_mib": peak["peak_mib"],
+                "rss_at_start_mib": peak["start_mib"],
+                "peak_rss_exact": peak["exact"],
             }
-
-
-def _PeakRSS() -> Any:  # noqa: N802  (the class lives in sequential_speed.py)
-    from benchmarks.sequential_speed import PeakRSS
-
-    return PeakRSS()
 
 
 def _train_and_validate(trainer: Any, train: Any, valid: Any, job: dict[str, Any]) -> dict:

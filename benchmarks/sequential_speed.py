@@ -52,6 +52,8 @@ if str(REPO) not in sys.path:  # run as a script: make ``bench`` and ``recbole_e
 
 import torch  # noqa: E402
 
+from bench.memory import MIB, PeakRSS, rss_mib  # noqa: E402
+
 DEFAULT_MODELS = ("ContrastVAE", "SLIME4Rec", "HybridContrastVAE", "SASRec")
 BASELINE = "SASRec"
 OFFICIAL = "official"
@@ -63,7 +65,6 @@ OFFICIAL_BEAUTY_ARGS = (
     "--model_name=VAGRec --attention_probs_dropout_prob=0.0 --anneal_cap=0.2 "
     "--total_annealing_step=10000"
 )
-MIB = 1024 * 1024
 # The official code's top-level modules.
 OFFICIAL_MODULES = ("main", "trainers", "models", "modules", "datasets", "utils")
 
@@ -96,52 +97,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _proc_status_kib(key: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(found.group(1)) if found else None
-
-
-def rss_mib() -> float:
-    kib = _proc_status_kib("VmRSS")
-    if kib is not None:
-        return kib / 1024
-    import psutil  # not on Linux: psutil, else nothing better than the peak
-
-    return psutil.Process().memory_info().rss / MIB
-
-
-class PeakRSS:
-    """Peak resident memory of a phase, above the resident memory when it starts (MiB).
-
-    Linux keeps the peak (VmHWM) itself and resets it when "5" is written to
-    ``/proc/self/clear_refs``: exact, and no sampling thread competes for the CPU. Elsewhere the
-    process-lifetime ``ru_maxrss`` is all there is, which only bounds the phase from above.
-    """
-
-    def __enter__(self) -> PeakRSS:
-        gc.collect()
-        self.start = rss_mib()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.exact = True
-        except OSError:
-            self.exact = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        hwm = _proc_status_kib("VmHWM") if self.exact else None
-        if hwm is None:
-            import resource
-
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        self.peak = hwm / 1024
-        self.delta = self.peak - self.start
 
 
 def sync(device: torch.device) -> None:

@@ -247,6 +247,10 @@ def test_cpu_device_is_recorded(tiny_sequences):
     )
     assert summary.results[0]["environment"]["device"] == "cpu"
     assert torch.device(summary.results[0]["config"]["device"]).type == "cpu"
+    memory = summary.results[0]["memory"]
+    for phase in ("train", "test"):
+        assert memory[phase]["kind"] == "cpu_rss"
+        assert memory[phase]["peak_mib"] >= memory[phase]["start_mib"] > 10  # a Python + torch
 
 
 def test_time_budget_stops_training_at_a_batch_boundary(tiny_sequences):

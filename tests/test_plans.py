@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 import pandas as pd
 import pytest
@@ -149,6 +150,27 @@ def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences,
     assert [r["interrupted"] for r in saved["runs"]] == [True]
     assert saved["runs"][0]["returncode"] != 0 and saved["finished_at"] is None
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_short(tiny_sequences, monkeypatch):
+    """`uv run bench plan` forwards the SIGTERM it gets: the plan may see the signal twice."""
+    path = write_plan(tiny_sequences, "jobs:\n  - {dataset: tiny, models: [Pop]}\n")
+    monkeypatch.setattr(plans.time, "sleep", _sigterm)
+    terminate = subprocess.Popen.terminate
+
+    def terminate_and_signal_again(proc):
+        os.kill(os.getpid(), signal.SIGTERM)
+        terminate(proc)
+
+    monkeypatch.setattr(subprocess.Popen, "terminate", terminate_and_signal_again)
+    out = tiny_sequences / "out"
+    sigint = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
+    saved = json.loads((out / "plans" / "p.json").read_text())
+    assert [r["interrupted"] for r in saved["runs"]] == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is sigint
 
 
 @pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "plans").glob("*.yaml")), ids=str)

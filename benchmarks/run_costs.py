@@ -1,0 +1,179 @@
+"""What each model's reference runs cost: seconds per epoch, per validation, per test pass, and
+peak memory, read from the results ``bench run`` wrote (no training here).
+
+Every result records its per-epoch training and validation seconds (``epochs``), its phase
+timings (``timing``) and, since the harness records it, the peak memory of training
+(validations included) and of the test pass (``memory``, see ``bench/memory.py``). This script
+gathers them into one table per dataset, one row per (model, device):
+
+- ``epochs``: epochs run, mean over seeds; ``epoch s``: median seconds of a training epoch over
+  every complete epoch of every seed (an epoch the time budget cut short is left out; where every
+  epoch was cut, the median of the cut ones, marked ``cut``);
+- ``valid s``: median seconds of one full validation pass; ``test s``: mean seconds of the test
+  pass; ``data s``: mean seconds to load and split the data (the dataset cache included);
+- ``peak MiB train / test``: the largest over seeds (CPU: the process's peak resident memory,
+  dataset included; CUDA: ``max_memory_allocated``).
+
+The figures are as fast as the runs were: a plan that ran two processes on two cores, or thirty
+on one GPU, measured each under that load (the plan's record says how many ran at once). Compare
+rows of one table, not tables of different plans.
+
+    uv run python benchmarks/run_costs.py --results results --dataset ml-1m \
+        --note "configs/plans/cpu-reference.yaml: two runs at a time, one thread each"
+
+Writes ``results/perf/run_costs_<dataset>.{json,md}`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(REPO))
+
+from bench.io import write_json, write_text  # noqa: E402
+from bench.results import load_results  # noqa: E402
+
+SCHEMA = 1
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _device(result: dict[str, Any]) -> str:
+    env = result.get("environment") or {}
+    name = env.get("device_name")
+    cores = env.get("cpu_count")
+    if env.get("device") == "cuda":
+        return f"cuda ({name})" if name else "cuda"
+    return f"cpu ({cores} cores)" if cores else "cpu"
+
+
+def _peak(results: list[dict[str, Any]], phase: str) -> float | None:
+    peaks = [
+        ((r.get("memory") or {}).get(phase) or {}).get("peak_mib")
+        for r in results
+        if (r.get("memory") or {}).get(phase)
+    ]
+    return max(peaks) if peaks else None
+
+
+def costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, device) over the successful results, in the order first seen."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        if result.get("status") == "ok":
+            groups[(result["model"], _device(result))].append(result)
+    rows = []
+    for (model, device), runs in groups.items():
+        epochs = [e for r in runs for e in r.get("epochs") or []]
+        trained = [e for e in epochs if e.get("train_seconds")]
+        whole = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is None]
+        cut = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is not None]
+        valid = [e["valid_seconds"] for e in epochs if e.get("valid_score") is not None]
+        timing = [r.get("timing") or {} for r in runs]
+        rows.append(
+            {
+                "model": model,
+                "device": device,
+                "seeds": len(runs),
+                "epochs": _mean([float(len(r.get("epochs") or [])) for r in runs]),
+                "epoch_seconds": _median(whole) if whole else _median(cut),
+                "epoch_cut": not whole and bool(cut),
+                "valid_seconds": _median([v for v in valid if v]),
+                "test_seconds": _mean([t["eval_seconds"] for t in timing if "eval_seconds" in t]),
+                "data_seconds": _mean([t["data_seconds"] for t in timing if "data_seconds" in t]),
+                "train_peak_mib": _peak(runs, "train"),
+                "test_peak_mib": _peak(runs, "test"),
+                "budget_limited": sum(bool(r.get("stopped_by_budget")) for r in runs),
+            }
+        )
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# What the runs cost: {report['dataset']}",
+        "",
+        "Read from the runs' own records under `results/runs/"
+        f"{report['dataset']}/` (no training here): median seconds of a complete training epoch "
+        "(\u2020: every epoch was cut by the time budget, the cut ones' median), median seconds "
+        "of a full validation pass, mean seconds of the test pass and of loading the data, and "
+        "the largest peak memory over seeds (CPU: peak resident memory of the process, dataset "
+        "included; CUDA: `max_memory_allocated`). A run measures as fast as the machine let it: "
+        "compare rows of this table only.",
+    ]
+    if report.get("note"):
+        lines += ["", f"Runs: {report['note']}"]
+    lines += [
+        "",
+        "| model | device | seeds | epochs | epoch s | valid s | test s | data s "
+        "| peak MiB train / test |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        epoch = _fmt(row["epoch_seconds"]) + (" \u2020" if row["epoch_cut"] else "")
+        memory = f"{_fmt(row['train_peak_mib'], 0)} / {_fmt(row['test_peak_mib'], 0)}"
+        lines.append(
+            f"| {row['model']} | {row['device']} | {row['seeds']} | {_fmt(row['epochs'])} "
+            f"| {epoch} | {_fmt(row['valid_seconds'])} | {_fmt(row['test_seconds'])} "
+            f"| {_fmt(row['data_seconds'])} | {memory} |"
+        )
+    missing = [r["model"] for r in report["rows"] if r["train_peak_mib"] is None]
+    if missing:
+        lines += [
+            "",
+            "No memory recorded (runs from before the harness recorded it): "
+            + ", ".join(missing)
+            + ".",
+        ]
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--note", default="", help="How the runs were made (plan, parallelism)")
+    parser.add_argument("--out", type=Path, default=None, help="Default: <results>/perf")
+    args = parser.parse_args(argv)
+    results = load_results(args.results, args.dataset)
+    if not results:
+        print(f"run_costs: no results for {args.dataset!r} under {args.results}", file=sys.stderr)
+        return 2
+    rows = costs(results)
+    rows.sort(key=lambda r: (r["device"], r["epoch_seconds"] or 0.0))
+    command = shlex.join(["python", "benchmarks/run_costs.py", *(argv or sys.argv[1:])])
+    report = {
+        "schema": SCHEMA,
+        "dataset": args.dataset,
+        "note": args.note,
+        "command": command,
+        "rows": rows,
+    }
+    out = args.out or args.results / "perf"
+    write_json(out / f"run_costs_{args.dataset}.json", report)
+    write_text(out / f"run_costs_{args.dataset}.md", markdown(report))
+    print(out / f"run_costs_{args.dataset}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
