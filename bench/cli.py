@@ -22,6 +22,17 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
+# Options several commands share.
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
+]
+ConfigOption = Annotated[
+    list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
+DataDirOption = Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")]
+ResultsOption = Annotated[Path, typer.Option(help="Results folder")]
+
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -43,15 +54,11 @@ def run(
     tuned: Annotated[
         bool, typer.Option(help="Use configs/tuned/<dataset>/<Model>.yaml from bench tune")
     ] = False,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
-    ] = None,
-    config: Annotated[
-        list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
-    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    set_: SetOption = None,
+    config: ConfigOption = None,
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    out: ResultsOption = Path("results"),
     resume: Annotated[
         bool,
         typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
@@ -98,7 +105,7 @@ def run(
 
 @app.command("leaderboard")
 def leaderboard_command(
-    results: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    results: ResultsOption = Path("results"),
     dataset: Annotated[str | None, typer.Option(help="Only this dataset")] = None,
     baseline: Annotated[
         str | None, typer.Option(help="Also test every model against this one")
@@ -131,9 +138,9 @@ def plan(
         float, typer.Option(help="A run granted less training time is not started")
     ] = 60,
     threads: Annotated[int, typer.Option(help="CPU threads per run")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
-    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    out: ResultsOption = Path("results"),
     resume: Annotated[
         bool,
         typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
@@ -166,7 +173,7 @@ def plan(
 @app.command()
 def report(
     dataset: Annotated[str, typer.Option(help="Dataset name")],
-    results: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    results: ResultsOption = Path("results"),
     baseline: Annotated[
         str | None, typer.Option(help="Also test every model against this one")
     ] = None,
@@ -241,15 +248,11 @@ def tune(
         Path | None, typer.Option(help="Search space; default configs/search/<Model>.yaml")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of every trial")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
-    ] = None,
-    config: Annotated[
-        list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
-    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    set_: SetOption = None,
+    config: ConfigOption = None,
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    out: ResultsOption = Path("results"),
 ) -> None:
     """Search hyperparameters with Optuna; export the best; re-run it over seeds."""
     from bench import configs
@@ -301,15 +304,11 @@ def ablate(
     ] = None,
     ray_address: Annotated[str | None, typer.Option(help="Attach to a Ray cluster")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of every run")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="key=value, repeatable; YAML values")
-    ] = None,
-    config: Annotated[
-        list[Path] | None, typer.Option(help="Extra RecBole YAML file, repeatable")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")] = None,
-    out: Annotated[Path, typer.Option(help="Results folder")] = Path("results"),
+    set_: SetOption = None,
+    config: ConfigOption = None,
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    out: ResultsOption = Path("results"),
 ) -> None:
     """Run every variant of a grid over seeds; write ablations/<dataset>/<Model>.md and .csv."""
     from bench import configs
