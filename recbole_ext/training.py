@@ -200,6 +200,11 @@ class RecordingMixin:
             valid_data, show_progress=show_progress
         )
         epoch = self.epochs_record[-1].epoch if self.epochs_record else 0
+        warmup = int(self.config["stopping_warmup_epochs"] or 0)  # type: ignore[attr-defined]
+        if epoch + 1 < warmup:  # ``epoch`` counts from 0
+            # RecBole's early_stopping runs next and adds one to cur_step unless the score
+            # improved (then 0): either way no patience is spent during the warm-up.
+            self.cur_step = -1
         record = self._record(epoch)
         record.valid_seconds = time.perf_counter() - start
         record.valid_score = float(valid_score)

@@ -1,0 +1,55 @@
+"""The harness's trainer glue (recbole_ext.training) against RecBole's own early stopping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from recbole.utils import early_stopping
+
+from recbole_ext.training import RecordingMixin
+
+
+class _ScriptedValidations:
+    """Stands in for a RecBole trainer: each validation returns the next scripted score."""
+
+    def __init__(self, scores: list[float], warmup: int) -> None:
+        self.scores = list(scores)
+        self.config = {"stopping_warmup_epochs": warmup}
+        self.cur_step = 0
+        self.best_valid_score = -math.inf
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score = self.scores.pop(0)
+        return score, {"ndcg@10": score}
+
+
+def _stopped_after(scores: list[float], stopping_step: int, warmup: int) -> int | None:
+    """The 1-based epoch after which RecBole's fit loop would stop, as ``Trainer.fit`` does it:
+    validate, then ``early_stopping`` on the trainer's ``cur_step``."""
+    trainer = type("Trainer", (RecordingMixin, _ScriptedValidations), {})(scores, warmup)
+    trainer.epochs_record = []
+    for epoch in range(len(scores)):
+        trainer._record(epoch)
+        score, _ = trainer._valid_epoch(None)
+        trainer.best_valid_score, trainer.cur_step, stop, _ = early_stopping(
+            score, trainer.best_valid_score, trainer.cur_step, max_step=stopping_step
+        )
+        if stop:
+            return epoch + 1
+    return None
+
+
+FALLING = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("warmup", "stopped"),
+    [
+        (0, 3),  # patience 1 is spent at epochs 2 and 3
+        (5, 6),  # EVCF: epochs 1-4 count nothing; epochs 5 and 6 spend the patience
+        (9, None),  # longer than training: never stops
+    ],
+)
+def test_no_patience_is_spent_before_the_warmup_ends(warmup, stopped):
+    assert _stopped_after(FALLING, stopping_step=1, warmup=warmup) == stopped
