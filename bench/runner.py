@@ -56,6 +56,8 @@ _PLACEMENT_KEYS = {
     # slightly different one); runs it stopped say so in ``stopped_by_budget``.
     "time_budget_s",
     "threads",
+    # A two-stage model's fine-tuning reads its pre-trained weights from the run's own folder.
+    "pre_model_path",
 }
 
 

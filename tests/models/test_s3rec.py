@@ -208,17 +208,21 @@ def test_fine_tuning_loads_the_pretrained_weights(tmp_path):
 
 
 def test_time_budget_is_shared_by_pretraining_and_fine_tuning(tiny_sequences):
-    """A budget smaller than one epoch: each stage runs one epoch and stops; the run succeeds."""
+    """A budget smaller than one epoch: each stage runs one epoch and stops; the run succeeds.
+    Its seeds share one config hash: the pre-trained weights' path is where, not what."""
     settings = {**TINY, "time_budget_s": 1e-6, "pretrain_epochs": 5, "stopping_step": 10}
     summary = api.run(
         ["S3Rec"],
         "tiny",
+        seeds=(0, 1),
         data_dir=tiny_sequences,
         out=tiny_sequences / "o",
         epochs=5,
         settings=settings,
     )
-    result = summary.results[0]
-    assert result["status"] == "ok", result.get("error")
-    assert len(result["pretrain_epochs"]) == 1
-    assert result["stopped_by_budget"] is True and len(result["epochs"]) == 1
+    for result in summary.results:
+        assert result["status"] == "ok", result.get("error")
+        assert len(result["pretrain_epochs"]) == 1
+        assert result["stopped_by_budget"] is True and len(result["epochs"]) == 1
+    paths = {r["config"]["pre_model_path"] for r in summary.results}
+    assert len(paths) == 2 and len({r["config_hash"] for r in summary.results}) == 1
