@@ -104,12 +104,12 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     a = rows[("A", "cpu (2 cores)")]
     assert a["seeds"] == 2 and a["epochs"] == 2.0
     assert a["epoch_seconds"] == 5.0 and a["epoch_cut"] is False  # the cut 0.5 s left out
-    assert a["valid_seconds"] == 1.0 and a["test_seconds"] == 3.5
+    assert a["valid_seconds"] == 1.0 and a["test_seconds"] == 3.5 and a["train_seconds"] == 9.0
     assert a["train_peak_mib"] == 101.0 and a["test_peak_mib"] == 80.0
     assert a["budget_limited"] == 1
     b = rows[("B", "cpu (2 cores)")]
     assert b["epoch_seconds"] == 0.2 and b["epoch_cut"] is True
     text = (tmp_path / "perf" / "run_costs_d.md").read_text()
-    assert "| B | cpu (2 cores) | 1 | 1.0 | 0.2 \u2020 |" in text
+    assert "| B | cpu (2 cores) | 1 | 1.0 | 0.2 \u2020 | 9.0 |" in text
     assert "Runs: 2 at once" in text and "'2 at once'" in text
     assert run_costs.main(["--results", str(tmp_path), "--dataset", "none"]) == 2
