@@ -334,13 +334,30 @@ def _patch_transrec_full_sort() -> None:
     TransRec.full_sort_predict = _transrec_full_sort_predict
 
 
+# 12. Pop.calculate_loss counts with an indexed assignment, `item_cnt[item] = item_cnt[item] + 1`,
+# which adds one per distinct item of a batch however often it occurs there: popularity is
+# undercounted, the more the larger the batch, and depends on how the seed shuffled the batches
+# (RecBole issues 1844 and 2198). index_add_ adds one per interaction.
+def _pop_calculate_loss(self: Any, interaction: Any) -> torch.Tensor:
+    item = interaction[self.ITEM_ID]
+    self.item_cnt.index_add_(0, item, torch.ones_like(item).unsqueeze(1))
+    self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
+    return torch.nn.Parameter(torch.zeros(1)).to(self.device)
+
+
+def _patch_pop_counts() -> None:
+    from recbole.model.general_recommender.pop import Pop
+
+    Pop.calculate_loss = _pop_calculate_loss
+
+
 # Every patch by name, in the order apply() runs them. Stock RecBole 1.2.1 needs "numpy_aliases"
 # to start at all on NumPy 2; "dataset_fillna" only for data with empty cells or token_seq
 # columns, "scipy_dok_update" only for graph models (NGCF, LightGCN ...), "tensorboard" only where
 # the tensorboard package is missing. The rest fix wrong or slow behaviour (command-line flags
 # and CUDA_VISIBLE_DEVICES taken over by Config, unloadable and clashing checkpoints, TensorBoard
 # files, anomaly detection left on for the whole process, TransRec's full ranking running out of
-# memory).
+# memory, Pop's undercounted popularity).
 FIXES = {
     "numpy_aliases": _patch_numpy_aliases_and_config,
     "config": _patch_config,
@@ -350,4 +367,5 @@ FIXES = {
     "tensorboard": _patch_tensorboard,
     "no_anomaly_detection": _import_sequential_models_without_anomaly_detection,
     "transrec_full_sort": _patch_transrec_full_sort,
+    "pop_counts": _patch_pop_counts,
 }
