@@ -306,8 +306,8 @@ def execute(
         t1 = time.perf_counter()
         train_memory = PeakMemory(config["device"]).start()
         pretrain_records: list = []
+        budget = float(config["time_budget_s"] or 0)
         if needs_pretraining(config):
-            budget = float(config["time_budget_s"] or 0)
             pretrained, pretrain_records = pretrain(
                 config, prepared.spec.cls, train_data, prepared_data.model_dataset, budget / 2
             )
@@ -357,6 +357,8 @@ def execute(
         best_value = best(r.valid_score for r in validated)
         best_epoch = [r.epoch for r in validated if r.valid_score == best_value][-1]
     resolved = _jsonable(dict(config.final_config_dict))
+    # The run's own budget, not the share fine-tuning got: --resume compares it with the next ask.
+    resolved["time_budget_s"] = budget
     return {
         "schema": RESULT_SCHEMA,
         "status": "ok",

@@ -15,7 +15,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
 import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
-from bench import api
+from bench import api, results
 from recbole_ext.models import s3rec
 from recbole_ext.models.s3rec import S3Rec
 from tests.helpers import TINY, write_inter
@@ -226,3 +226,22 @@ def test_time_budget_is_shared_by_pretraining_and_fine_tuning(tiny_sequences):
         assert result["stopped_by_budget"] is True and len(result["epochs"]) == 1
     paths = {r["config"]["pre_model_path"] for r in summary.results}
     assert len(paths) == 2 and len({r["config_hash"] for r in summary.results}) == 1
+
+
+def test_result_records_the_runs_budget_not_fine_tunings_share(tiny_sequences):
+    """--resume compares a budget-stopped result's cap with the one asked: the cap recorded
+    must be the whole run's, or a finished S3Rec run would always run again."""
+    settings = {**TINY, "time_budget_s": 1000.0, "pretrain_epochs": 1}
+    summary = api.run(
+        ["S3Rec"],
+        "tiny",
+        seeds=(0,),
+        data_dir=tiny_sequences,
+        out=tiny_sequences / "o",
+        epochs=1,
+        settings=settings,
+    )
+    (result,) = summary.results
+    assert result["status"] == "ok", result.get("error")
+    assert result["config"]["time_budget_s"] == 1000.0
+    assert results.answers({**result, "stopped_by_budget": True}, {"time_budget_s": 1000.0})
