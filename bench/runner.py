@@ -306,8 +306,12 @@ def execute(
         t1 = time.perf_counter()
         train_memory = PeakMemory(config["device"]).start()
         pretrain_records: list = []
-        budget = float(config["time_budget_s"] or 0)
+        # What the run was asked for, kept over what the fine-tuning stage is configured with:
+        # --resume compares a result's config with the next ask.
+        asked = {"time_budget_s": float(config["time_budget_s"] or 0)}
+        budget = asked["time_budget_s"]
         if needs_pretraining(config):
+            asked["train_stage"] = config["train_stage"]
             pretrained, pretrain_records = pretrain(
                 config, prepared.spec.cls, train_data, prepared_data.model_dataset, budget / 2
             )
@@ -356,9 +360,7 @@ def execute(
         best = max if config["valid_metric_bigger"] else min
         best_value = best(r.valid_score for r in validated)
         best_epoch = [r.epoch for r in validated if r.valid_score == best_value][-1]
-    resolved = _jsonable(dict(config.final_config_dict))
-    # The run's own budget, not the share fine-tuning got: --resume compares it with the next ask.
-    resolved["time_budget_s"] = budget
+    resolved = {**_jsonable(dict(config.final_config_dict)), **asked}
     return {
         "schema": RESULT_SCHEMA,
         "status": "ok",

@@ -228,20 +228,16 @@ def test_time_budget_is_shared_by_pretraining_and_fine_tuning(tiny_sequences):
     assert len(paths) == 2 and len({r["config_hash"] for r in summary.results}) == 1
 
 
-def test_result_records_the_runs_budget_not_fine_tunings_share(tiny_sequences):
-    """--resume compares a budget-stopped result's cap with the one asked: the cap recorded
-    must be the whole run's, or a finished S3Rec run would always run again."""
+def test_resume_skips_a_finished_two_stage_run(tiny_sequences):
+    """The result records what the run was asked (its whole budget, train_stage pretrain), not
+    what fine-tuning was configured with, or --resume would run every S3Rec again."""
     settings = {**TINY, "time_budget_s": 1000.0, "pretrain_epochs": 1}
-    summary = api.run(
-        ["S3Rec"],
-        "tiny",
-        seeds=(0,),
-        data_dir=tiny_sequences,
-        out=tiny_sequences / "o",
-        epochs=1,
-        settings=settings,
-    )
-    (result,) = summary.results
+    kwargs = dict(data_dir=tiny_sequences, out=tiny_sequences / "o", epochs=1, settings=settings)
+    (result,) = api.run(["S3Rec"], "tiny", seeds=(0,), **kwargs).results
     assert result["status"] == "ok", result.get("error")
     assert result["config"]["time_budget_s"] == 1000.0
-    assert results.answers({**result, "stopped_by_budget": True}, {"time_budget_s": 1000.0})
+    assert result["config"]["train_stage"] == "pretrain"
+    result["stopped_by_budget"] = True  # as a real run's: its cap is compared too
+    results.write_result(tiny_sequences / "o", result)
+    again = api.run(["S3Rec"], "tiny", seeds=(0,), resume=True, **kwargs)
+    assert again.skipped == [("S3Rec", 0)] and not again.results
