@@ -504,16 +504,21 @@ def _caption(board: Board) -> list[str]:
     elif board.baseline:
         text += f" The baseline, {board.baseline}, is the best model."
     capped = [r for r in board.ok if (r.get("config") or {}).get("time_budget_s")]
+    stopped = [r for r in capped if r.get("stopped_by_budget")]
     if capped:
-        stopped = sum(bool(r.get("stopped_by_budget")) for r in capped)
-        caps = sorted({float(r["config"]["time_budget_s"]) for r in capped})
+        # The span is the stopped runs' caps: a plan's deadline gives the runs it does not mean
+        # to cap (budget 0) all the time left, and that number says nothing about the board.
+        caps = sorted({float(r["config"]["time_budget_s"]) for r in stopped or capped})
         span = f"{caps[0]:.0f} s" if caps[0] == caps[-1] else f"{caps[0]:.0f}-{caps[-1]:.0f} s"
-        text = (
-            f"**Budget-limited:** {len(capped)} of {len(board.ok)} runs trained under a "
-            f"wall-clock cap (`time_budget_s`, {span}) and {stopped} of them stopped at it "
-            "before early stopping; their numbers are lower bounds of what the models reach.\n\n"
-            + text
+        finished = len(capped) - len(stopped)
+        lead = (
+            f"**Budget-limited:** {len(stopped)} of {len(board.ok)} runs stopped at a wall-clock "
+            f"training cap (`time_budget_s`, {span}) before early stopping; their numbers are "
+            "lower bounds of what the models reach."
         )
+        if finished:
+            lead += f" {finished} more ran under a cap and finished before it."
+        text = lead + "\n\n" + text
     return [text]
 
 

@@ -249,8 +249,8 @@ def test_capped_runs_put_a_budget_limited_line_in_the_header(tmp_path):
     write_result(tmp_path, _result("B", 0, 0.3))
     text = leaderboard.write(tmp_path, "d")[1].read_text()
     header = text.split("| model |")[0]
-    assert "**Budget-limited:** 2 of 3 runs trained under a wall-clock cap" in header
-    assert "850-900 s" in header and "1 of them stopped at it" in header
+    assert "**Budget-limited:** 1 of 3 runs stopped at a wall-clock training cap" in header
+    assert "(`time_budget_s`, 900 s)" in header and "1 more ran under a cap and finished" in header
 
 
 def test_provenance_names_the_commands_that_made_the_board(tmp_path):
