@@ -54,6 +54,12 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _timing_mean(results: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of one ``timing`` entry over the runs that recorded it."""
+    timing = [r.get("timing") or {} for r in results]
+    return _mean([t[key] for t in timing if key in t])
+
+
 def _device(result: dict[str, Any]) -> str:
     env = result.get("environment") or {}
     name = env.get("device_name")
@@ -85,7 +91,6 @@ def costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         whole = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is None]
         cut = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is not None]
         valid = [e["valid_seconds"] for e in epochs if e.get("valid_score") is not None]
-        timing = [r.get("timing") or {} for r in runs]
         rows.append(
             {
                 "model": model,
@@ -95,11 +100,9 @@ def costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "epoch_seconds": _median(whole) if whole else _median(cut),
                 "epoch_cut": not whole and bool(cut),
                 "valid_seconds": _median([v for v in valid if v]),
-                "train_seconds": _mean(
-                    [t["train_seconds"] for t in timing if "train_seconds" in t]
-                ),
-                "test_seconds": _mean([t["eval_seconds"] for t in timing if "eval_seconds" in t]),
-                "data_seconds": _mean([t["data_seconds"] for t in timing if "data_seconds" in t]),
+                "train_seconds": _timing_mean(runs, "train_seconds"),
+                "test_seconds": _timing_mean(runs, "eval_seconds"),
+                "data_seconds": _timing_mean(runs, "data_seconds"),
                 "train_peak_mib": _peak(runs, "train"),
                 "test_peak_mib": _peak(runs, "test"),
                 "budget_limited": sum(bool(r.get("stopped_by_budget")) for r in runs),
