@@ -9,6 +9,7 @@ Never import ``recbole.quick_start`` from this package: it imports ``ray.tune`` 
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Mapping
@@ -158,8 +159,17 @@ def _remap(self: Any, remap_list: list) -> None:
         if ftype == FeatureType.TOKEN:
             feat[field] = ids
         elif ftype == FeatureType.TOKEN_SEQ:
-            lengths = np.fromiter((len(cell) for cell in feat[field]), dtype=np.int64)
-            feat[field] = pd.Series(np.split(ids, np.cumsum(lengths)[:-1]), index=feat.index)
+            feat[field] = pd.Series(_split_by_cells(ids, feat[field]), index=feat.index)
+
+
+def _cell_lengths(column: Any) -> np.ndarray:
+    """Each cell's length in a sequence column: what ``Series.agg(len)`` gave before pandas 3."""
+    return np.fromiter((len(cell) for cell in column), dtype=np.int64, count=len(column))
+
+
+def _split_by_cells(values: np.ndarray, column: Any) -> list[np.ndarray]:
+    """``values`` (one entry per element of ``column``'s cells, in order) cut back into cells."""
+    return np.split(values, np.cumsum(_cell_lengths(column))[:-1])
 
 
 def _patch_load_feat_seq_fillna(dataset_module: Any) -> None:
@@ -188,6 +198,163 @@ def _patch_load_feat_seq_fillna(dataset_module: Any) -> None:
     dataset_module.pd = shim
 
 
+# 13. pandas 3: the same ``Series.agg(len)`` (see 10) sits in four more RecBole methods. With
+# pre-split files (``benchmark_filename``) SequentialDataset._benchmark_presets gave every row's
+# item_list_length the number of rows, not its own sequence's length, so models trained and were
+# evaluated on wrong lengths without any error. The other three crashed: min-max normalisation
+# (``normalize_field`` / ``normalize_all``) and discretisation / ``numerical_features`` of
+# float_seq fields, and a knowledge-graph dataset remapping a token_seq item or entity field
+# (e.g. ``item_id_list`` of pre-split files for GRU4RecKG / KSR). Each method is rewritten with
+# per-cell lengths and otherwise RecBole's behaviour (two changes where stock could not run: a
+# constant float_seq field normalises to ones like a constant float field, and a discretisation
+# setting for a non-float field is dropped with RecBole's warning instead of a dictionary error).
+def _benchmark_presets(self: Any) -> None:
+    from recbole.utils import FeatureSource, FeatureType
+
+    list_suffix = self.config["LIST_SUFFIX"]
+    for field in self.inter_feat:
+        if field + list_suffix in self.inter_feat:
+            setattr(self, f"{field}_list_field", field + list_suffix)
+    self.set_field_property(
+        self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1
+    )
+    item_lists = self.inter_feat[self.item_id_list_field]
+    self.inter_feat[self.item_list_length_field] = _cell_lengths(item_lists)
+
+
+def _reset_ent_remap_id(
+    self: Any, field: str, idmap: np.ndarray, id2token: np.ndarray, token2id: dict
+) -> None:
+    from recbole.utils import FeatureType
+
+    self.field2id_token[field] = id2token
+    self.field2token_id[field] = token2id
+    for feat in self.field2feats(field):
+        if self.field2type[field] == FeatureType.TOKEN:
+            feat[field] = idmap[feat[field].values]
+        else:
+            new_ids = idmap[np.concatenate(list(feat[field]))]
+            feat[field] = _split_by_cells(new_ids, feat[field])
+
+
+def _min_max_scaled(self: Any, values: np.ndarray, field: str) -> np.ndarray:
+    high, low = values.max(), values.min()
+    if high == low:
+        self.logger.warning(f"All the same value in [{field}].")
+        return np.ones_like(values, dtype=np.float64)
+    return (values - low) / (high - low)
+
+
+def _normalize(self: Any) -> None:
+    from recbole.utils import FeatureType
+
+    floats = (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)
+    if self.config["normalize_field"] is not None and self.config["normalize_all"] is True:
+        raise ValueError("Normalize_field and normalize_all can't be set at the same time.")
+    if self.config["normalize_field"]:
+        fields = self.config["normalize_field"]
+        for field in fields:
+            if field not in self.field2type:
+                raise ValueError(f"Field [{field}] does not exist.")
+            if self.field2type[field] not in floats:
+                self.logger.warning(
+                    f"{field} is not a FLOAT/FLOAT_SEQ feat, which will not be normalized."
+                )
+    elif self.config["normalize_all"]:
+        fields = self.float_like_fields
+    else:
+        return
+    for field in fields:
+        ftype = self.field2type[field]
+        for feat in self.field2feats(field):
+            if ftype == FeatureType.FLOAT:
+                feat[field] = _min_max_scaled(self, feat[field].values, field)
+            elif ftype == FeatureType.FLOAT_SEQ:
+                values = np.concatenate(list(feat[field]))
+                feat[field] = _split_by_cells(_min_max_scaled(self, values, field), feat[field])
+
+
+def _bucketed(
+    self: Any, values: np.ndarray, method: str, bucket: int | None, field: str
+) -> tuple[np.ndarray, int]:
+    """RecBole's discretisation of one field's values: (bucket ids, number of buckets)."""
+    if method == "ED":  # equal-width buckets 1 .. bucket
+        lower, upper = values.min(), values.max() + 1e-9
+        if upper != lower:
+            values = np.floor((values - lower) * bucket / (upper - lower) + 1)
+        else:
+            self.logger.warning(f"All the same value in [{field}].")
+            values = np.ones_like(values) * bucket
+    elif method == "LD":  # values up to 2 kept, larger ones by squared log, then ranked
+        above_two = values > 2
+        log_bucket = np.floor(np.log(values * above_two + 1e-9) ** 2 + 1)
+        _, values = np.unique(np.where(above_two, log_bucket, values), return_inverse=True)
+    else:
+        raise ValueError(f"Method [{method}] does not exist.")
+    return values, int(values.max() + 1)
+
+
+def _discretization(self: Any) -> None:
+    from recbole.utils import FeatureType
+
+    floats = (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)
+    dis_info = dict(self.config["discretization"] or {})
+    for field in list(dis_info):
+        if field not in self.field2type:
+            raise ValueError(f"Field [{field}] does not exist.")
+        if field not in self.config["numerical_features"]:
+            raise ValueError(f"Field [{field}] must be a numerical feature")
+        if self.field2type[field] not in floats:
+            self.logger.warning(
+                f"{field} is not a FLOAT/FLOAT_SEQ feat, which will not be normalized."
+            )
+            del dis_info[field]
+
+    for field in self.config["numerical_features"]:
+        ftype = self.field2type[field]
+        info = dis_info.get(field)
+        if info is not None and info["method"] == "ED" and "bucket" not in info:
+            raise ValueError("The number of buckets must be set when apply equal discretization.")
+        for feat in self.field2feats(field):
+            if ftype == FeatureType.FLOAT:
+                values = feat[field].values
+            else:
+                values = np.concatenate(list(feat[field]))
+            # Each value becomes (embedding scale, embedding index): (1, bucket id) when the
+            # field is discretised, (value, 1) when not.
+            if info is None:
+                scale, index = values, np.ones_like(values)
+            else:
+                index, self.field2bucketnum[field] = _bucketed(
+                    self, values, info["method"], info.get("bucket"), field
+                )
+                scale = np.ones_like(index)
+            if ftype == FeatureType.FLOAT:
+                feat[field] = np.stack([scale, index], axis=-1).tolist()
+            else:
+                scales = _split_by_cells(scale, feat[field])
+                indices = _split_by_cells(index, feat[field])
+                feat[field] = list(zip(scales, indices, strict=True))
+
+
+# Fix 13's rewrites by (RecBole module, class, method).
+_PER_CELL_LENGTH_METHODS = {
+    ("recbole.data.dataset.sequential_dataset", "SequentialDataset", "_benchmark_presets"): (
+        _benchmark_presets
+    ),
+    ("recbole.data.dataset.dataset", "Dataset", "_normalize"): _normalize,
+    ("recbole.data.dataset.dataset", "Dataset", "_discretization"): _discretization,
+    ("recbole.data.dataset.kg_dataset", "KnowledgeBasedDataset", "_reset_ent_remapID"): (
+        _reset_ent_remap_id
+    ),
+}
+
+
+def _patch_seq_lengths() -> None:
+    for (module_name, class_name, method), rewrite in _PER_CELL_LENGTH_METHODS.items():
+        setattr(getattr(importlib.import_module(module_name), class_name), method, rewrite)
+
+
 # 5. SciPy >= 1.13 removed dok_matrix._update, which NGCF, LightGCN, NCL, GCMC ... call.
 def _patch_scipy_dok_update() -> None:
     import scipy.sparse as sp
@@ -208,6 +375,8 @@ def unique_run_stamp() -> str:
 
 
 def _checkpoint_state(trainer: Any, epoch: int) -> dict:
+    from recbole_ext.run_state import tensor_values
+
     # Plain containers and tensors only, so that torch.load(weights_only=True) accepts it.
     return {
         "model": str(trainer.config["model"]),
@@ -215,15 +384,9 @@ def _checkpoint_state(trainer: Any, epoch: int) -> dict:
         "cur_step": int(trainer.cur_step),
         "best_valid_score": float(trainer.best_valid_score),
         "state_dict": trainer.model.state_dict(),
-        "other_parameter": _tensor_values(trainer.model.other_parameter()),
+        "other_parameter": tensor_values(trainer.model.other_parameter()),
         "optimizer": trainer.optimizer.state_dict(),
     }
-
-
-def _tensor_values(parameters: dict) -> dict:
-    # Non-tensor "other parameters" (EASE's and ItemKNN's SciPy matrices) are derived from the
-    # data when the model is built and never trained; the model in memory keeps them.
-    return {k: v for k, v in parameters.items() if isinstance(v, torch.Tensor | int | float)}
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
@@ -243,8 +406,10 @@ def _patch_trainer() -> None:
     def _save_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
+        from recbole_ext.run_state import save
+
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        torch.save(_checkpoint_state(self, epoch), saved_model_file)
+        save(saved_model_file, _checkpoint_state(self, epoch))  # atomic: a kill leaves the old one
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
@@ -354,10 +519,11 @@ def _patch_pop_counts() -> None:
 # Every patch by name, in the order apply() runs them. Stock RecBole 1.2.1 needs "numpy_aliases"
 # to start at all on NumPy 2; "dataset_fillna" only for data with empty cells or token_seq
 # columns, "scipy_dok_update" only for graph models (NGCF, LightGCN ...), "tensorboard" only where
-# the tensorboard package is missing. The rest fix wrong or slow behaviour (command-line flags
-# and CUDA_VISIBLE_DEVICES taken over by Config, unloadable and clashing checkpoints, TensorBoard
-# files, anomaly detection left on for the whole process, TransRec's full ranking running out of
-# memory, Pop's undercounted popularity).
+# the tensorboard package is missing, "seq_lengths" for normalised or numerical float_seq fields
+# and token_seq fields of knowledge-graph datasets (and it corrects pre-split sequence lengths).
+# The rest fix wrong or slow behaviour (command-line flags and CUDA_VISIBLE_DEVICES taken over by
+# Config, unloadable and clashing checkpoints, TensorBoard files, anomaly detection left on for
+# the whole process, TransRec's full ranking running out of memory, Pop's undercounted popularity).
 FIXES = {
     "numpy_aliases": _patch_numpy_aliases_and_config,
     "config": _patch_config,
@@ -368,4 +534,5 @@ FIXES = {
     "no_anomaly_detection": _import_sequential_models_without_anomaly_detection,
     "transrec_full_sort": _patch_transrec_full_sort,
     "pop_counts": _patch_pop_counts,
+    "seq_lengths": _patch_seq_lengths,
 }

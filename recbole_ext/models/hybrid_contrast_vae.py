@@ -19,6 +19,12 @@ Transformer decoder:
   have entries near 1 / H, so the decoder sees ``H * z`` (mean entry 1).
   The question it asks: does the Dirichlet's bounded, sparse latent resist posterior collapse
   (``kl1`` / ``kl2`` -> 0 in ``last_loss_terms``) better than the Gaussian?
+  ``dirichlet_contrast`` picks what the contrastive term sees of a Dirichlet latent (the decoder
+  always gets ``H * z``): ``logratio`` (default) the centred log-ratios ``log z - mean_k log z_k``
+  at each position, summed over real positions as above; ``simplex`` the sum of ``H * z`` itself.
+  ``H * z`` is all-positive, so the two branches' vectors have cosines in [0, 1] and the logits
+  only span [0, 1 / temperature] of the [-1 / T, 1 / T] a cosine allows; the log-ratios are
+  centred, so their cosines take either sign. Gaussian latents ignore the setting.
 
 The filter mixer here is *causal* (``causal=True`` in the layer): the loss is taken at every
 position, and SLIME4Rec's circular filter would show position t the items after it. The causal
@@ -69,6 +75,7 @@ from recbole_ext.layers.latent import (
 from recbole_ext.layers.transformer import CausalTransformerEncoder, init_weights
 
 BRANCH_AUGMENTATIONS = ("none", "random", *AUGMENTATIONS)
+DIRICHLET_CONTRASTS = ("logratio", "simplex")
 
 
 class HybridContrastVAE(SequentialRecommender):
@@ -82,6 +89,12 @@ class HybridContrastVAE(SequentialRecommender):
         self.latent = config["latent"]
         if self.latent not in LATENTS:
             raise ValueError(f"latent must be one of {LATENTS}, not {self.latent!r}")
+        self.dirichlet_contrast = config["dirichlet_contrast"]
+        if self.dirichlet_contrast not in DIRICHLET_CONTRASTS:
+            raise ValueError(
+                f"dirichlet_contrast must be one of {DIRICHLET_CONTRASTS}, "
+                f"not {self.dirichlet_contrast!r}"
+            )
         self.augmentations = (config["branch1_augmentation"], config["branch2_augmentation"])
         for aug in self.augmentations:
             if aug not in BRANCH_AUGMENTATIONS:
@@ -184,6 +197,16 @@ class HybridContrastVAE(SequentialRecommender):
             return params[0]
         return dirichlet_mean(dirichlet_concentration(params[0])) * self.hidden_size
 
+    def contrast_view(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """A sequence's vector ``[B, H]`` for the contrastive term from the decoder input ``z``
+        ``[B, L, H]``: summed over the real positions (``valid`` ``[B, L]``), as centred
+        log-ratios for a Dirichlet latent under ``dirichlet_contrast: logratio``."""
+        if self.latent == "dirichlet" and self.dirichlet_contrast == "logratio":
+            # The scale H of the decoder input cancels: clr(H z) = clr(z).
+            log_z = torch.log(z.clamp_min(torch.finfo(z.dtype).tiny))
+            z = log_z - log_z.mean(dim=-1, keepdim=True)
+        return (z * valid.unsqueeze(-1)).sum(dim=1)
+
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """The decoder's output at the last real position from the posterior mean(s)."""
         if self.eval_branch == "mean":
@@ -237,7 +260,7 @@ class HybridContrastVAE(SequentialRecommender):
             valid = positions < lens.unsqueeze(1)
             zs.append(z)
             kls.append(masked_mean(kl, valid))
-            users.append((z * valid.unsqueeze(-1)).sum(dim=1))
+            users.append(self.contrast_view(z, valid))
         # One decoder call for all branches.
         outputs = self.decoder(torch.cat(zs)).chunk(len(zs))
         for output, (_, lens, targets) in zip(outputs, views, strict=True):

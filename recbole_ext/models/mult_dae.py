@@ -4,7 +4,14 @@ Autoencoders for Collaborative Filtering", WWW 2018 (official code: dawenl/vae_c
 The denoising counterpart of Mult-VAE: a user's whole training row x is L2-normalised, dropped out
 and passed through [n_items -> 200 -> n_items] with tanh on the hidden layer; the loss is the
 multinomial negative log-likelihood -sum_i x_i log softmax(logits)_i, averaged over the batch, plus
-l2_lambda * sum of squared weight matrices (vae_cf's ``2 * l2_regularizer(lam)``, lam = 0.01).
+
+    (l2_lambda / train_batch_size) * sum of squared weight matrices (biases excluded).
+
+This is vae_cf's parameterisation (notebook at commit ad103c5): it builds
+``MultiDAE(p_dims, lam=0.01 / batch_size)`` with ``batch_size = 500`` and adds
+``2 * l2_regularizer(lam)`` (TensorFlow's regulariser is ``lam * sum(W^2) / 2``), so ``l2_lambda``
+is the notebook's 0.01 and the penalty applied at the paper's 500 users a batch is
+2e-5 * sum(W^2).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class MultDAE(GeneralRecommender):
         self.latent_dim = int(config["latent_dimension"])
         self.dropout_prob = float(config["dropout_prob"])
         self.l2_lambda = float(config["l2_lambda"] or 0.0)
+        # vae_cf divides its lam by the (fixed) batch size once, not by each batch's length.
+        self.l2_weight = self.l2_lambda / int(config["train_batch_size"])
 
         self.history = UserHistory.from_dataset(dataset)
         dims = [self.n_items, *self.hidden_sizes, self.latent_dim]
@@ -49,8 +58,9 @@ class MultDAE(GeneralRecommender):
         return self.network(normalize_and_dropout(rating_matrix, self.dropout_prob, self.training))
 
     def l2_penalty(self) -> Tensor:
+        """(l2_lambda / train_batch_size) * the sum of squared weight matrices."""
         weights = [m.weight for m in self.modules() if isinstance(m, torch.nn.Linear)]
-        return self.l2_lambda * sum(w.pow(2).sum() for w in weights)
+        return self.l2_weight * sum(w.pow(2).sum() for w in weights)
 
     def calculate_loss(self, interaction: Any) -> Tensor:
         x = self.history(interaction[self.USER_ID])

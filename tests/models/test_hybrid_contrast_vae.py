@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_ext.layers.contrastive import info_nce
 from recbole_ext.models.hybrid_contrast_vae import HybridContrastVAE
 from tests.helpers import ROOT, make_model, sequential_setup, train_steps
 
@@ -149,3 +150,77 @@ def test_lone_branch_ablation_trains_only_that_branch(setup, branch, latent):
 def test_unknown_branches_value_is_refused(setup):
     with pytest.raises(ValueError, match="branches"):
         make(setup, branches="3")
+
+
+def _sampled_views(model, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Both branches' sampled decoder inputs (in calculate_loss's order of random draws) and
+    the real-position mask of the batch (no augmentation)."""
+    seq, lens = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    valid = torch.arange(seq.shape[1]) < lens.unsqueeze(1)
+    with torch.no_grad():
+        zs = [model._sample(model.encode(branch, seq, lens))[0] for branch in (1, 2)]
+    return zs, valid
+
+
+@pytest.mark.parametrize("mode", ["logratio", "simplex"])
+def test_dirichlet_contrast_logit_range(setup, mode):
+    # H * z is all-positive: its cosines lie in [0, 1], the logits in [0, 1 / T]; the centred
+    # log-ratios' cosines take either sign, so their logits reach below 0.
+    model = make(setup, latent="dirichlet", dirichlet_contrast=mode).eval()
+    torch.manual_seed(0)
+    zs, valid = _sampled_views(model, setup[3])
+    users = torch.nn.functional.normalize(torch.cat([model.contrast_view(z, valid) for z in zs]))
+    logits = users @ users.T / model.temperature
+    assert model.temperature == 0.5
+    if mode == "simplex":
+        assert logits.min() >= 0 and logits.max() <= 1 / model.temperature + 1e-5
+    else:
+        assert logits.min() < -0.5  # well below 0, not rounding
+        assert logits.max() <= 1 / model.temperature + 1e-5
+
+
+@pytest.mark.parametrize("mode", ["logratio", "simplex"])
+def test_dirichlet_contrastive_term_sees_the_chosen_view(setup, mode):
+    # The InfoNCE term of calculate_loss, recomputed from the same draws by the formula.
+    model = make(setup, latent="dirichlet", dirichlet_contrast=mode).train()
+    torch.manual_seed(3)
+    model.calculate_loss(setup[3])
+    term = model.last_loss_terms["contrastive"]
+
+    torch.manual_seed(3)
+    zs, valid = _sampled_views(model, setup[3])
+    views = []
+    for z in zs:
+        simplex = z / model.hidden_size
+        assert torch.all(simplex > 0) and torch.allclose(simplex.sum(-1), torch.ones(()))
+        if mode == "logratio":
+            clr = simplex.log() - simplex.log().mean(dim=-1, keepdim=True)
+            views.append((clr * valid.unsqueeze(-1)).sum(dim=1))
+        else:
+            views.append((z * valid.unsqueeze(-1)).sum(dim=1))
+    expected = info_nce(views[0], views[1], model.temperature, "cos").item()
+    assert term == pytest.approx(expected, rel=1e-4)
+
+
+def test_dirichlet_contrast_defaults_to_logratio_and_gaussian_ignores_it(setup):
+    assert make(setup, latent="dirichlet").dirichlet_contrast == "logratio"  # the YAML's
+    batch = setup[3]
+    terms = {}
+    for latent in ("gaussian", "dirichlet"):
+        for mode in ("logratio", "simplex"):
+            torch.manual_seed(5)
+            model = make(setup, latent=latent, dirichlet_contrast=mode).train()
+            torch.manual_seed(5)
+            model.calculate_loss(batch)
+            terms[latent, mode] = model.last_loss_terms
+    assert terms["gaussian", "logratio"] == terms["gaussian", "simplex"]
+    # The Dirichlet's draws, reconstructions and KLs agree; only the contrastive term moves.
+    dirichlet = terms["dirichlet", "logratio"], terms["dirichlet", "simplex"]
+    for key in ("rec1", "rec2", "kl1", "kl2"):
+        assert dirichlet[0][key] == dirichlet[1][key]
+    assert dirichlet[0]["contrastive"] != pytest.approx(dirichlet[1]["contrastive"], rel=1e-3)
+
+
+def test_unknown_dirichlet_contrast_is_refused(setup):
+    with pytest.raises(ValueError, match="dirichlet_contrast"):
+        make(setup, latent="dirichlet", dirichlet_contrast="clr")

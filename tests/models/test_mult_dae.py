@@ -33,8 +33,28 @@ def test_architecture_and_defaults(tmp_path: Path) -> None:
     assert config["l2_lambda"] == 0.01
 
 
+def test_l2_penalty_is_vae_cfs_lam_over_the_batch_size(tmp_path: Path) -> None:
+    # vae_cf: MultiDAE(lam=0.01 / 500) adds 2 * l2_regularizer(lam) = 2e-5 * sum(W^2).
+    config, train, _, model = build(tmp_path, train_batch_size=500)
+    assert (config["l2_lambda"], config["train_batch_size"]) == (0.01, 500)  # the YAML's lam
+    squares = sum(
+        m.weight.detach().double().pow(2).sum().item()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    assert model.l2_penalty().item() == pytest.approx(2e-5 * squares, rel=1e-6)
+
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        loss = model.calculate_loss(batch).item()
+    assert model.last_loss_terms["l2"] == pytest.approx(2e-5 * squares, rel=1e-6)
+    assert loss == pytest.approx(model.last_loss_terms["nll"] + 2e-5 * squares, rel=1e-6)
+
+
 def test_loss_equals_direct_computation(tmp_path: Path) -> None:
-    _, train, _, model = build(tmp_path, l2_lambda=0.05)
+    config, train, _, model = build(tmp_path, l2_lambda=0.05)
+    assert config["train_batch_size"] == 16  # the tiny protocol's: the penalty is 0.05 / 16
     model.eval()
     users = torch.arange(1, N_USERS + 1)
     inter = train._dataset.inter_feat
@@ -51,7 +71,7 @@ def test_loss_equals_direct_computation(tmp_path: Path) -> None:
     x = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     logits = np.tanh(x @ w1.T + b1) @ w2.T + b2
     nll = -(log_softmax(logits, axis=1) * rows).sum(1).mean()
-    l2 = 0.05 * ((w1**2).sum() + (w2**2).sum())  # weights only, biases excluded
+    l2 = 0.05 / 16 * ((w1**2).sum() + (w2**2).sum())  # weights only, biases excluded
     assert loss == pytest.approx(nll + l2, rel=1e-5)
     assert model.last_loss_terms["l2"] == pytest.approx(l2, rel=1e-5)
 
