@@ -87,6 +87,10 @@ def run(
     Every run is checked (names, configs, settings, data files) before the first one trains, so
     bad input fails fast with a :class:`BenchError`. A run that raises is recorded as failed and
     the others go on.
+
+    While a run trains, its state after every epoch is kept under ``<out>/checkpoints``; with
+    ``resume`` a run whose result exists (same settings, not cut by a smaller budget) is skipped
+    and one that was killed or cut by its budget continues from its last epoch.
     """
     out = Path(out)
     overrides = dict(settings or {})
@@ -117,6 +121,8 @@ def run(
                 data_dir=str(data_dir) if data_dir is not None else None,
                 cache_dir=cache_dir,
                 name=name,
+                checkpoint_root=out / "checkpoints",
+                resume=resume,
             )
             prepared = prepare(request)
             prepared_runs.append(prepared)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -76,6 +77,11 @@ class RunRequest:
     data_dir: str | None = None
     cache_dir: Path | None = None
     name: str | None = None  # the leaderboard row (and results folder); default: the model
+    # Where the run keeps its checkpoints (<root>/<dataset>/<label>/seed-<seed>-<key>/) while it
+    # trains, so that a killed run can continue; None: a temporary folder, removed at the end.
+    checkpoint_root: Path | None = None
+    resume: bool = False  # continue from the run's last checkpoint, if one is there
+    concurrent_runs: int = 1  # runs sharing this machine's cores (the default thread count)
 
     @property
     def label(self) -> str:
@@ -195,6 +201,7 @@ def prepare(request: RunRequest) -> PreparedRun:
     )
     if int(config_dict.get("epochs", 1)) < 1:
         raise BenchError(f"epochs must be at least 1, got {config_dict['epochs']}")
+    bound_pretraining(config_dict, request.settings)
 
     location = found or locate(data_name, request.data_dir, harness.get("how_to_get", ""))
     inter = location.folder(data_name) / f"{data_name}.inter"
@@ -215,6 +222,56 @@ def prepare(request: RunRequest) -> PreparedRun:
         )
     return PreparedRun(
         request, spec, config_dict, data_name, location.data_path, location.source, known
+    )
+
+
+def bound_pretraining(config_dict: dict[str, Any], settings: dict[str, Any]) -> None:
+    """``--epochs N`` (or ``--set epochs=N``) bounds every stage of a two-stage model:
+    fine-tuning gets N epochs and pre-training min(N, pretrain_epochs), unless
+    ``pretrain_epochs`` is set explicitly too."""
+    if "epochs" in settings and "pretrain_epochs" in config_dict:
+        if "pretrain_epochs" not in settings:
+            epochs = int(settings["epochs"])
+            config_dict["pretrain_epochs"] = min(epochs, int(config_dict["pretrain_epochs"]))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(concurrent_runs: int) -> int:
+    """PyTorch CPU threads of a run that shares the machine with ``concurrent_runs - 1`` others:
+    its share of the cores (one thread per core oversubscribes a shared CPU)."""
+    return max(1, usable_cores() // max(1, concurrent_runs))
+
+
+# Limits on how long a run trains, not on what each epoch computes: a run asked for more epochs
+# (or a larger budget) continues from the checkpoint of the same run asked for fewer. (Not
+# pretrain_epochs: a finished pre-training stage is reused as it is.)
+_TRAINING_LIMITS = ("epochs",)
+
+
+def run_key(prepared: PreparedRun) -> str:
+    """What names a run's checkpoint folder: the hash of the settings it was asked to compute
+    with (placement keys, the seed, the time budget and the epoch limits left out), so that it
+    is the same in every sitting."""
+    config = {k: v for k, v in prepared.config_dict.items() if k not in _TRAINING_LIMITS}
+    return config_hash(config)
+
+
+def checkpoint_folder(prepared: PreparedRun) -> Path | None:
+    request = prepared.request
+    if request.checkpoint_root is None:
+        return None
+    return (
+        Path(request.checkpoint_root)
+        / request.dataset
+        / request.label
+        / f"seed-{request.seed}-{run_key(prepared)}"
     )
 
 
@@ -277,17 +334,27 @@ def execute(
 
     request = prepared.request
     started = _now()
-    checkpoint_dir = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    kept_folder = checkpoint_folder(prepared)
+    if kept_folder is None:
+        checkpoint_dir = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
+    else:
+        checkpoint_dir = kept_folder
+        if not request.resume:  # a fresh run never continues from an old one's state
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    stop_reason = None
     try:
         t0 = time.perf_counter()
         config_dict = dict(prepared.config_dict)
         config_dict.update(data_path=str(prepared.data_path), checkpoint_dir=str(checkpoint_dir))
+        # PyTorch's default pool (a thread per core) oversubscribes a CPU that other runs share.
+        config_dict["threads"] = int(config_dict.get("threads") or 0) or default_threads(
+            request.concurrent_runs
+        )
         config = Config(
             model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
         )
-        threads = int(config["threads"] or 0)
-        if threads > 0:  # PyTorch's default pool oversubscribes a CPU that other runs share
-            torch.set_num_threads(threads)
+        torch.set_num_threads(int(config["threads"]))
         init_seed(config["seed"], config["reproducibility"])
         try:
             dataset, cached = load_dataset(config, request.cache_dir)
@@ -313,7 +380,13 @@ def execute(
         if needs_pretraining(config):
             asked["train_stage"] = config["train_stage"]
             pretrained, pretrain_records = pretrain(
-                config, prepared.spec.cls, train_data, prepared_data.model_dataset, budget / 2
+                config,
+                prepared.spec.cls,
+                train_data,
+                prepared_data.model_dataset,
+                budget / 2,
+                checkpoint_dir,
+                resume=request.resume,
             )
             config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
             if budget:  # fine-tuning gets what pre-training left of the run's budget
@@ -327,6 +400,11 @@ def execute(
         if prepared_data.fold_in is not None:
             fold_in(model, prepared_data.fold_in)
         trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook)
+        trainer.saved_model_file = str(checkpoint_dir / "best.pth")
+        trainer.last_checkpoint = checkpoint_dir / "last.pth"
+        resumed_from = None
+        if request.resume and trainer.last_checkpoint.is_file():
+            resumed_from = trainer.resume(trainer.last_checkpoint, train_data)
         stopped_by_budget = False
         try:
             best_valid_score, best_valid_result = trainer.fit(
@@ -339,6 +417,7 @@ def execute(
                 trainer.best_valid_result,
             )
         stopped_by_budget = stopped_by_budget or trainer.cut_by_budget
+        stop_reason = "time_budget" if stopped_by_budget else trainer.stop_reason
         train_seconds = time.perf_counter() - t1
         memory = {"train": train_memory.stop()}  # validations included
         has_checkpoint = Path(trainer.saved_model_file).exists()
@@ -351,7 +430,10 @@ def execute(
         if per_user:
             per_user["user_id"] = dataset.id2token(dataset.uid_field, per_user["user_id"])
     finally:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        # A run cut by its budget (or killed: no stop reason) keeps its checkpoints to continue
+        # from; a run that ended by its own stopping rule needs them no more.
+        if kept_folder is None or stop_reason in ("early_stopping", "epoch_limit"):
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     records = trainer.epochs_record
     validated = [r for r in records if r.valid_score is not None]
@@ -375,6 +457,7 @@ def execute(
         "valid_metric": str(config["valid_metric"]).lower(),
         "best_epoch": best_epoch,
         "stopped_by_budget": stopped_by_budget,
+        "stop_reason": stop_reason,
         "best_valid_score": None if best_valid_score is None else float(best_valid_score),
         "valid": _metrics(best_valid_result),
         "test": _metrics(test_result),
@@ -385,6 +468,9 @@ def execute(
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "total_seconds": data_seconds + train_seconds + eval_seconds,
+            # A resumed run: the epoch this sitting began with and the training time before it.
+            "resumed_from_epoch": resumed_from,
+            "earlier_train_seconds": trainer.elapsed_before,
         },
         # Peak memory of training (validations included) and of the test pass: bench.memory.
         "memory": memory,

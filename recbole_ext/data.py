@@ -4,9 +4,17 @@ harness's training regimes and evaluation subsets.
 Harness keys read here (defaults in ``configs/defaults.yaml``):
 
 - ``train_regime``: ``interactions`` (RecBole's: every interaction, or every prefix of a sequence,
-  is one training sample) or ``users`` (one training sample per user: its longest prefix for
-  sequential data, one row for general data; models that score every position of the full
-  sequence, and Mult-VAE's batches of users, use it).
+  is one training sample) or ``users`` (whole sequences: for sequential data each user's longest
+  prefix, plus, for a history longer than ``MAX_ITEM_LIST_LENGTH``, the earlier non-overlapping
+  windows of that length, so that the windows together hold every training target once; for
+  general data one row per user; models that score every position of a sequence, and Mult-VAE's
+  batches of users, use it).
+- ``bucket_by_length``: sequential models' training batches hold sequences of similar lengths
+  (sorted by length with random tie-breaks, batch order shuffled every epoch); under ``users`` a
+  batch holds about ``train_batch_size`` times the mean window length of *targets* rather than a
+  fixed number of sequences, so that every target weighs alike in the per-batch mean loss and an
+  epoch has as many steps as with random batches. Every batch of a model that accepts it
+  (:func:`accepts_trimmed_batches`) is padded only to its own longest sequence.
 - ``train_sample_limit``: keep a random subset of this many training samples (smoke runs).
 - ``eval_user_limit``: evaluate a random subset of this many users (smoke runs).
 - ``exclude_history_items``: for sequential models, rank no item the user interacted with before
@@ -35,13 +43,27 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from recbole.data.dataloader import FullSortEvalDataLoader, KnowledgeBasedDataLoader
+from recbole.data.dataloader import (
+    FullSortEvalDataLoader,
+    KnowledgeBasedDataLoader,
+    TrainDataLoader,
+)
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import KGSampler
 from recbole.utils import ModelType
 from recbole.utils.argument_list import dataset_arguments
 
 TRAIN_REGIMES = ("interactions", "users")
+
+
+def type_of_model(config: Any) -> type:
+    """The model class a config is for (RecBole's Config keeps it; a bare mapping names it)."""
+    model_class = getattr(config, "model_class", None)
+    if isinstance(model_class, type):
+        return model_class
+    from recbole_ext import registry
+
+    return registry.get(str(config["model"])).cls
 
 
 def dataset_class(config: Any) -> type:
@@ -129,6 +151,124 @@ def one_sample_per_user(dataset: Any) -> None:
     _keep_rows(dataset, keep)
 
 
+def whole_sequence_windows(dataset: Any) -> None:
+    """Keep the prefix rows of a sequential training split whose windows cover every target once.
+
+    RecBole's rows of a user are its prefixes in time order (``data_augmentation``); the row of a
+    prefix of n items holds its last ``MAX_ITEM_LIST_LENGTH`` (W) items and the next item. A model
+    that takes a loss at every position of a row learns the targets of its last W prefixes, so the
+    rows n, n - W, n - 2W, ... (counted back from the longest) hold every target exactly once:
+    the longest prefix for a user with at most W training targets, more windows for longer ones.
+    """
+    users = dataset.inter_feat[dataset.uid_field].numpy()
+    window = int(dataset.config["MAX_ITEM_LIST_LENGTH"])
+    order = np.argsort(users, kind="stable")  # stable: each user's rows keep their time order
+    run_starts = np.r_[0, np.flatnonzero(users[order][1:] != users[order][:-1]) + 1]
+    run_lengths = np.diff(np.r_[run_starts, len(users)])
+    index_in_run = np.arange(len(users)) - np.repeat(run_starts, run_lengths)
+    rows_after = np.repeat(run_lengths, run_lengths) - 1 - index_in_run
+    _keep_rows(dataset, order[rows_after % window == 0])
+
+
+# RecBole's sequential models whose every computation reads a sequence through its length (right
+# padding, causal or length-masked layers): a batch padded only to its own longest sequence gives
+# them the same results as one padded to MAX_ITEM_LIST_LENGTH. A model class says so itself with
+# ``accepts_trimmed_batches = True`` (this package's models do, each tested).
+_TRIM_SAFE_RECBOLE_MODELS = frozenset({"FPMC", "TransRec", "GRU4Rec", "NARM", "SASRec", "STAMP"})
+
+
+def accepts_trimmed_batches(model_class: type) -> bool:
+    """Whether the model may get batches padded only to their own longest sequence."""
+    declared = getattr(model_class, "accepts_trimmed_batches", None)
+    if declared is not None:
+        return bool(declared)
+    return (
+        model_class.__module__.startswith("recbole.")
+        and model_class.__name__ in _TRIM_SAFE_RECBOLE_MODELS
+    )
+
+
+def list_fields(dataset: Any) -> list[str]:
+    """A sequential dataset's per-position columns (``item_id_list`` ...), MAX_ITEM_LIST_LENGTH
+    wide."""
+    suffix = dataset.config["LIST_SUFFIX"]
+    return [f for f in dataset.inter_feat.columns if f.endswith(suffix)]
+
+
+def trim_to_longest(batch: Any, fields: list[str], length_field: str) -> Any:
+    """``batch`` with its per-position ``fields`` cut to the batch's longest sequence."""
+    width = max(int(batch[length_field].max()), 1)
+    for name in fields:
+        column = batch.interaction.get(name)
+        if column is not None and column.dim() >= 2 and column.shape[1] > width:
+            batch[name] = column[:, :width]
+    return batch
+
+
+class LengthBucketedBatches:
+    """A sequential training loader's batches, grouped by length and trimmed (module docstring).
+
+    Wraps RecBole's training loader: its ``collate_fn`` still builds every batch (negative sampling,
+    transforms), from index sets chosen here with an own generator (``generator``: its state
+    resumes a run); everything else is the wrapped loader's.
+    """
+
+    def __init__(self, loader: Any, seed: int, bucket: bool, trim: bool, per_target: bool) -> None:
+        dataset = loader._dataset
+        self._loader = loader
+        self._lengths = dataset.inter_feat[dataset.item_list_length_field].numpy()
+        self._list_fields = list_fields(dataset)
+        self._length_field = dataset.item_list_length_field
+        self.bucket, self.trim, self.per_target = bucket, trim, per_target
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed))
+
+    def _batch_ids(self, order: np.ndarray) -> np.ndarray:
+        """The batch of each row of ``order`` (rows sorted by length)."""
+        size = int(self._loader.step)
+        if not self.per_target:
+            return np.arange(len(order)) // size
+        lengths = self._lengths[order]
+        budget = size * float(self._lengths.mean())
+        # A row joins the batch in which its first target falls: every batch holds about
+        # ``budget`` targets, at least one row, and the count does not depend on the tie-breaks.
+        starts = np.cumsum(lengths) - lengths
+        return np.floor(starts / budget).astype(np.int64)
+
+    def batches(self) -> list[np.ndarray]:
+        """One epoch's index sets, in the order they are trained on."""
+        n = len(self._lengths)
+        if not self.bucket:
+            if self._loader.shuffle:
+                order = torch.randperm(n, generator=self.generator).numpy()
+            else:
+                order = np.arange(n)
+            return np.array_split(order, np.arange(self._loader.step, n, self._loader.step))
+        noise = torch.rand(n, generator=self.generator, dtype=torch.float64).numpy()
+        order = np.lexsort((noise, self._lengths))  # by length; random among equal lengths
+        ids = self._batch_ids(order)
+        cuts = np.flatnonzero(np.diff(ids)) + 1
+        groups = np.split(order, cuts)
+        shuffled = torch.randperm(len(groups), generator=self.generator).tolist()
+        return [groups[i] for i in shuffled]
+
+    def __iter__(self) -> Any:
+        for index in self.batches():
+            batch = self._loader.collate_fn(index)
+            if self.trim:
+                batch = trim_to_longest(batch, self._list_fields, self._length_field)
+            yield batch
+
+    def __len__(self) -> int:
+        n, size = len(self._lengths), int(self._loader.step)
+        if n and self.bucket and self.per_target:
+            return int(self._batch_ids(np.argsort(self._lengths, kind="stable"))[-1]) + 1
+        return -(-n // size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
 def _random_subset(n: int, limit: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=limit, replace=False)
 
@@ -184,7 +324,9 @@ def sequential_histories(train_ds: Any, valid_ds: Any) -> tuple[sp.csr_matrix, s
 
 def _exclude_history(loader: Any, history: sp.csr_matrix) -> None:
     """Make a sequential full-ranking loader return each row's history, so the trainer scores
-    those items -inf as it does for general models."""
+    those items -inf as it does for general models. The matrix itself (users x items) is kept as
+    ``loader.exclude_history_csr`` for evaluators that mask the scores themselves."""
+    loader.exclude_history_csr = history
     collate = loader.collate_fn
     uid_field = loader._dataset.uid_field
     indptr, indices = history.indptr, history.indices
@@ -340,7 +482,9 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
     # The regime and the sample limit choose which rows the training batches draw; the model
     # is built from, and the samplers exclude, the whole training split.
     batch_ds = train_ds.copy(train_ds.inter_feat)
-    if regime == "users":
+    if regime == "users" and sequential:
+        whole_sequence_windows(batch_ds)
+    elif regime == "users":
         one_sample_per_user(batch_ds)
     seed = int(config["seed"])
     limit_samples(batch_ds, int(config["train_sample_limit"] or 0), seed)
@@ -358,6 +502,13 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
         train = get_dataloader(config, "train")(
             config, batch_ds, train_sampler, shuffle=config["shuffle"]
         )
+    if sequential and isinstance(train, TrainDataLoader):
+        trim = accepts_trimmed_batches(type_of_model(config))
+        bucket = bool(config["bucket_by_length"])
+        if trim or bucket:
+            train = LengthBucketedBatches(
+                train, seed, bucket=bucket, trim=trim, per_target=regime == "users"
+            )
     valid = get_dataloader(config, "valid")(config, valid_ds, valid_sampler, shuffle=False)
     test = get_dataloader(config, "test")(config, test_ds, test_sampler, shuffle=False)
     if exclude_history:

@@ -1,9 +1,14 @@
-"""RecBole trainer glue: per-epoch records of losses, loss terms, validation results and time.
+"""RecBole trainer glue: per-epoch records, time budgets, warm-up patience and resumable runs.
 
 RecBole's trainers keep only the total loss per epoch and the best validation result.
 :func:`recording_trainer` wraps whichever trainer class RecBole picks for a model so that each
 epoch's training loss, the mean of the model's ``last_loss_terms`` (if it exposes them), the full
 validation result and the time spent are kept, and an optional callback sees every validation.
+
+For the trainers whose loop is RecBole's own ``Trainer.fit`` (nearly all), the loop is replaced
+by :meth:`RecordingMixin.fit`, the same steps plus a "last" checkpoint after every epoch
+(:mod:`recbole_ext.run_state`) from which :meth:`RecordingMixin.resume` continues a killed run,
+and a ``stop_reason``. :func:`pretrain` runs a two-stage model's pre-training the same way.
 """
 
 from __future__ import annotations
@@ -11,17 +16,24 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from recbole.evaluator.base_metric import TopkMetric
-from recbole.trainer.trainer import PretrainTrainer
-from recbole.utils import get_trainer, init_seed
+from recbole.trainer.trainer import PretrainTrainer, S3RecTrainer, Trainer
+from recbole.utils import early_stopping, get_trainer, init_seed
+
+from recbole_ext import run_state
+from recbole_ext.evaluation import full_ranking, supports_fast_ranking
+
+# How a run's training ended (``RecordingMixin.stop_reason``).
+STOP_REASONS = ("early_stopping", "epoch_limit", "time_budget")
+# RecBole's fit loops that :meth:`RecordingMixin.fit` replaces (S3Rec's fine-tuning is Trainer's).
+_STANDARD_FITS = (Trainer.fit, S3RecTrainer.fit)
 
 EpochCallback = Callable[[int, float, dict[str, float]], None]
 TrainEpochHook = Callable[[int, "EpochRecord"], None]
@@ -122,6 +134,10 @@ class RecordingMixin:
     epoch_callback: EpochCallback | None = None
     train_epoch_hook: TrainEpochHook | None = None
     cut_by_budget = False  # an epoch was ended part-way by ``time_budget_s``
+    stop_reason: str | None = None  # one of STOP_REASONS once fit returned or the budget ran out
+    last_checkpoint: Path | None = None  # where the state after each epoch goes (None: nowhere)
+    elapsed_before = 0.0  # training seconds spent in earlier sittings of a resumed run
+    _pending_rng: dict[str, Any] | None = None
 
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
@@ -174,8 +190,10 @@ class RecordingMixin:
         start = time.perf_counter()
         budget = float(self.config["time_budget_s"] or 0)  # type: ignore[attr-defined]
         if not hasattr(self, "_training_started"):
-            self._training_started = start
-        elif budget and start - self._training_started >= budget:
+            # A resumed run's budget counts the training time of its earlier sittings.
+            self._training_started = start - self.elapsed_before
+        if budget and start - self._training_started >= budget:
+            self.stop_reason = "time_budget"
             raise BudgetExhausted(f"time_budget_s={budget:g} spent after {epoch_idx} epochs")
         batches = None
         if budget and not isinstance(train_data, _BudgetedBatches):
@@ -185,6 +203,7 @@ class RecordingMixin:
         if batches is not None and batches.cut:
             record.cut_after_batches = batches.batches
             self.cut_by_budget = True
+            self.stop_reason = "time_budget"
         record.train_seconds = time.perf_counter() - start
         record.train_loss = _as_float(loss)
         record.loss_terms = self._loss_terms.pop_means()
@@ -212,6 +231,118 @@ class RecordingMixin:
         if self.epoch_callback is not None:
             self.epoch_callback(epoch, record.valid_score, record.valid_result)
         return valid_score, valid_result
+
+    # --- evaluation -------------------------------------------------------------------------
+    def evaluate(
+        self,
+        eval_data: Any,
+        load_best_model: bool = True,
+        model_file: str | None = None,
+        show_progress: bool = False,
+    ) -> Any:
+        """Full ranking as one score matrix per batch of users (:mod:`recbole_ext.evaluation`:
+        RecBole's values, bit for bit) where it applies and ``fast_evaluation`` is on; RecBole's
+        own evaluation otherwise."""
+        config = self.config  # type: ignore[attr-defined]
+        fast = config["fast_evaluation"] is not False  # unset (a bare Config): on
+        if not eval_data or not fast or not supports_fast_ranking(config, eval_data):
+            return super().evaluate(  # type: ignore[misc]
+                eval_data, load_best_model, model_file, show_progress
+            )
+        if load_best_model:
+            checkpoint = run_state.load(model_file or self.saved_model_file, self.device)  # type: ignore[attr-defined]
+            self.model.load_state_dict(checkpoint["state_dict"])  # type: ignore[attr-defined]
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))  # type: ignore[attr-defined]
+        result = full_ranking(self.model, eval_data, config, self.device)  # type: ignore[attr-defined]
+        self.last_per_user = result.per_user
+        return OrderedDict(result.metrics)
+
+    # --- the fit loop and resumable state ------------------------------------------------------
+    def training_seconds(self) -> float:
+        """Training time so far, earlier sittings included (validations count: they are part
+        of what the budget pays for)."""
+        started = getattr(self, "_training_started", None)
+        return self.elapsed_before if started is None else time.perf_counter() - started
+
+    def save_last(self, epoch: int, train_data: Any) -> None:
+        """Write the state after ``epoch`` to :attr:`last_checkpoint` (if set)."""
+        if self.last_checkpoint is not None:
+            state = run_state.capture(self, train_data, epoch, self.training_seconds())
+            run_state.save(self.last_checkpoint, state)
+
+    def resume(self, path: str | Path, train_data: Any) -> int:
+        """Continue from a "last" checkpoint: weights, optimizer, early stopping, records and
+        training time now; the random generators when :meth:`fit` starts (after everything that
+        builds the run has drawn from them). Returns the epoch training continues with."""
+        state = run_state.load(path, self.device)  # type: ignore[attr-defined]
+        run_state.restore_model_and_optimizer(self, state)
+        self.epochs_record = [EpochRecord(**r) for r in state.get("records", [])]
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        self._pending_rng = state["rng"]
+        return int(self.start_epoch)  # type: ignore[attr-defined]
+
+    def _owns_fit(self) -> bool:
+        base_fit = next(
+            cls.__dict__["fit"]
+            for cls in type(self).__mro__
+            if cls is not RecordingMixin and "fit" in cls.__dict__
+        )
+        return base_fit in _STANDARD_FITS
+
+    def fit(
+        self,
+        train_data: Any,
+        valid_data: Any = None,
+        verbose: bool = True,
+        saved: bool = True,
+        show_progress: bool = False,
+        callback_fn: Any = None,
+    ) -> tuple[Any, Any]:
+        """RecBole's ``Trainer.fit`` with the state saved after every epoch, a stop reason, and
+        a resumed run's random generators restored before its first epoch."""
+        if not self._owns_fit():
+            return super().fit(  # type: ignore[misc]
+                train_data, valid_data, verbose, saved, show_progress, callback_fn
+            )
+        if saved and self.start_epoch >= self.epochs:  # type: ignore[attr-defined]
+            self._save_checkpoint(-1, verbose=verbose)  # type: ignore[attr-defined]
+        self.eval_collector.data_collect(train_data)  # type: ignore[attr-defined]
+        if self.config["train_neg_sample_args"].get("dynamic", False):  # type: ignore[attr-defined]
+            train_data.get_model(self.model)  # type: ignore[attr-defined]
+        if self._pending_rng is not None:
+            run_state.set_rng_state(self._pending_rng, train_data)
+            self._pending_rng = None
+        self.stop_reason = "epoch_limit"
+        for epoch_idx in range(self.start_epoch, self.epochs):  # type: ignore[attr-defined]
+            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+            self.train_loss_dict[epoch_idx] = _as_float(train_loss)  # type: ignore[attr-defined]
+            stop = False
+            if self.eval_step <= 0 or not valid_data:  # type: ignore[attr-defined]
+                if saved:
+                    self._save_checkpoint(epoch_idx, verbose=False)  # type: ignore[attr-defined]
+            elif (epoch_idx + 1) % self.eval_step == 0:  # type: ignore[attr-defined]
+                valid_score, valid_result = self._valid_epoch(valid_data, show_progress)
+                self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+                    valid_score,
+                    self.best_valid_score,  # type: ignore[attr-defined]
+                    self.cur_step,  # type: ignore[attr-defined]
+                    max_step=self.stopping_step,  # type: ignore[attr-defined]
+                    bigger=self.valid_metric_bigger,  # type: ignore[attr-defined]
+                )
+                if improved:
+                    if saved:
+                        self._save_checkpoint(epoch_idx, verbose=False)  # type: ignore[attr-defined]
+                    self.best_valid_result = valid_result
+                if callback_fn is not None:
+                    callback_fn(epoch_idx, valid_score)
+            if stop:
+                self.stop_reason = "early_stopping"
+                break
+            if self.cut_by_budget:
+                self.stop_reason = "time_budget"
+            # A budget-cut epoch counts as done: a resumed run goes on with the next one.
+            self.save_last(epoch_idx, train_data)
+        return self.best_valid_score, self.best_valid_result  # type: ignore[attr-defined]
 
 
 def recording_trainer(
@@ -242,21 +373,46 @@ def needs_pretraining(config: Any) -> bool:
 
 
 def pretrain(
-    config: Any, model_class: type, train_data: Any, model_dataset: Any, budget_s: float = 0
+    config: Any,
+    model_class: type,
+    train_data: Any,
+    model_dataset: Any,
+    budget_s: float = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[Path, list[EpochRecord]]:
     """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs, or until ``budget_s``
-    seconds are spent (0: no cap), and save the final weights (tensors only) into the checkpoint
-    directory, for the fine-tuning stage to load."""
+    seconds are spent (0: no cap), and save the final weights (tensors only) and the stage's
+    epoch records into ``checkpoint_dir`` (default: the config's), for fine-tuning to load.
+
+    The state after every epoch is kept in ``pretrain-last.pth`` until the stage ends; with
+    ``resume`` a finished stage is not run again and an unfinished one continues from it.
+    """
+    folder = Path(checkpoint_dir or config["checkpoint_dir"])
+    path = folder / f"{config['model']}-pretrained.pth"
+    last = folder / "pretrain-last.pth"
+    if resume and path.is_file():
+        saved = run_state.load(path)
+        return path, [EpochRecord(**r) for r in saved.get("records", [])]
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, model_dataset).to(config["device"])
     trainer = recording_trainer(config, model)
     trainer.config["time_budget_s"] = budget_s  # the stage's own share of the run's budget
-    # RecBole saves every save_step epochs; the harness saves the last epoch itself.
-    trainer.save_step = int(config["pretrain_epochs"]) + 1
-    try:
-        trainer.pretrain(train_data, verbose=False, show_progress=False)
-    except BudgetExhausted:
-        pass  # pre-training stops at its budget; fine-tuning starts from the weights so far
-    path = Path(config["checkpoint_dir"]) / f"{config['model']}-pretrained.pth"
-    torch.save({"state_dict": model.state_dict()}, path)
-    return path, trainer.epochs_record
+    trainer.last_checkpoint = last
+    if resume and last.is_file():
+        trainer.resume(last, train_data)
+    if trainer._pending_rng is not None:
+        run_state.set_rng_state(trainer._pending_rng, train_data)
+        trainer._pending_rng = None
+    for epoch_idx in range(trainer.start_epoch, int(config["pretrain_epochs"])):
+        try:
+            loss = trainer._train_epoch(train_data, epoch_idx)
+        except BudgetExhausted:
+            break  # pre-training stops at its budget; fine-tuning starts from the weights so far
+        trainer.train_loss_dict[epoch_idx] = _as_float(loss)
+        trainer.save_last(epoch_idx, train_data)
+    records = trainer.epochs_record
+    weights = {"state_dict": model.state_dict(), "records": [asdict(r) for r in records]}
+    run_state.save(path, weights)
+    last.unlink(missing_ok=True)
+    return path, records

@@ -38,7 +38,8 @@ TINY = {
     "SASRec": TRANSFORMER,
     "BERT4Rec": TRANSFORMER,
 }
-S3REC = {**TRANSFORMER, "pretrain_epochs": 1}
+# No pretrain_epochs: COMMON's epochs=1 bounds both stages (pre-training: min(1, 100)).
+S3REC = TRANSFORMER
 BUILTINS = [*TINY, "S3Rec"]
 
 
@@ -95,6 +96,7 @@ def test_s3rec_pretrains_then_fine_tunes_in_one_command(tmp_path: Path, dataset_
     # The config is what was asked (both stages); the fine-tuning stage read the weights.
     assert result["config"]["train_stage"] == "pretrain"
     assert result["config"]["pre_model_path"].endswith("S3Rec-pretrained.pth")
+    assert result["config"]["epochs"] == result["config"]["pretrain_epochs"] == 1
     assert _finite_metrics(result["test"])
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from recbole.config import Config
 
-from recbole_ext.data import load_dataset, prepare_data, sequential_histories
+from recbole_ext.data import (
+    LengthBucketedBatches,
+    load_dataset,
+    prepare_data,
+    sequential_histories,
+)
+from recbole_ext.layers.contrastive import next_item_targets
 
 PROTOCOL = {
     "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
@@ -35,20 +41,90 @@ def _raw_sequences(path):
     return sequences
 
 
-def test_users_regime_keeps_each_users_longest_history(tiny_sequences):
+def test_users_regime_windows_cover_every_training_target_once(tiny_sequences):
+    """Each user's longest prefix, plus earlier non-overlapping windows of MAX_ITEM_LIST_LENGTH
+    (4) for longer histories: together their per-position targets are the user's training
+    targets (every item but the first and the two held out), each exactly once, in order."""
     config = _config(tiny_sequences, train_regime="users")
     dataset, _ = load_dataset(config)
     train, _, _ = prepare_data(config, dataset)
     inter = train._dataset.inter_feat
     users = inter["user_id"].numpy()
-    assert len(users) == len(set(users)) == 40
+    targets = next_item_targets(inter["item_id_list"], inter["item_length"], inter["item_id"])
     raw = _raw_sequences(tiny_sequences)
+    covered: dict[str, list[tuple[int, str]]] = {}
     for row in range(len(users)):
         user_token = dataset.id2token("user_id", users[row])
-        target = dataset.id2token("item_id", inter["item_id"][row].item())
-        # The training target of the longest sample is the third-last item (LOO keeps 2 back).
-        assert target == raw[user_token][-3]
-        assert inter["item_length"][row].item() == min(len(raw[user_token]) - 3, 4)
+        length = inter["item_length"][row].item()
+        items = dataset.id2token("item_id", targets[row, :length].numpy())
+        # A window's first target is the item after its first input item.
+        first_input = dataset.id2token("item_id", inter["item_id_list"][row, 0].item())
+        start = raw[user_token].index(first_input) + 1
+        covered.setdefault(user_token, []).extend(enumerate(items, start))
+    assert set(covered) == set(raw)
+    multi_window = 0
+    for user_token, items in raw.items():
+        got = sorted(covered[user_token])
+        assert got == list(enumerate(items[1:-2], 1)), user_token
+        multi_window += len(items) - 3 > 4
+    assert multi_window > 0  # the data holds histories longer than one window
+    # The longest prefix is always kept.
+    assert len(users) > len(set(users)) == 40
+
+
+def test_bucketed_batches_cover_the_epoch_grouped_by_length_and_trimmed(tiny_sequences):
+    config = _config(
+        tiny_sequences,
+        train_regime="users",
+        MAX_ITEM_LIST_LENGTH=8,
+        bucket_by_length=True,
+        train_batch_size=8,
+    )
+    dataset, _ = load_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    assert isinstance(train, LengthBucketedBatches) and train.trim and train.per_target
+    lengths = train._dataset.inter_feat["item_length"].numpy()
+    budget = 8 * lengths.mean()
+    epochs = []
+    for _ in range(2):
+        seen, order = [], []
+        batches = list(train)
+        assert len(batches) == len(train)
+        for batch in batches:
+            width = batch["item_id_list"].shape[1]
+            assert width == int(batch["item_length"].max())  # padded to its own longest
+            # About train_batch_size x the mean length of targets: the budget plus one window.
+            assert int(batch["item_length"].sum()) <= budget + 8
+            seen.extend(batch["user_id"].tolist())
+            order.append(tuple(batch["item_length"].tolist()))
+        assert sorted(seen) == sorted(train._dataset.inter_feat["user_id"].tolist())
+        # Grouped by length: the batches' length ranges do not interleave.
+        spans = sorted((min(o), max(o)) for o in order)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+        epochs.append(order)
+    assert epochs[0] != epochs[1]  # batch order (and tie-breaks) reshuffled every epoch
+
+
+def test_bucketed_batches_replay_from_the_generator_state(tiny_sequences):
+    config = _config(tiny_sequences, bucket_by_length=True, train_batch_size=8)
+    dataset, _ = load_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    assert not train.per_target  # per-prefix samples: a fixed number of rows per batch
+    state = train.generator.get_state()
+    first = [b.tolist() for b in train.batches()]
+    assert all(len(b) == 8 for b in first[:-1]) or len(first[-1]) <= 8
+    train.generator.set_state(state)
+    assert [b.tolist() for b in train.batches()] == first
+
+
+def test_random_batches_without_bucketing_are_still_trimmed(tiny_sequences):
+    config = _config(tiny_sequences, bucket_by_length=False, train_batch_size=8)
+    dataset, _ = load_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    assert isinstance(train, LengthBucketedBatches) and not train.bucket and train.trim
+    widths = [b["item_id_list"].shape[1] for b in train]
+    lengths = [int(b["item_length"].max()) for b in train]
+    assert widths == lengths and max(widths) <= 4
 
 
 def test_history_matrices_hold_everything_before_each_target(tiny_sequences):

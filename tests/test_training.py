@@ -53,3 +53,28 @@ FALLING = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0.0]
 )
 def test_no_patience_is_spent_before_the_warmup_ends(warmup, stopped):
     assert _stopped_after(FALLING, stopping_step=1, warmup=warmup) == stopped
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"epochs": 1}, 1),  # --epochs 1 bounds pre-training too
+        ({"epochs": 500}, 100),  # never beyond the model's own pre-training length
+        ({"epochs": 1, "pretrain_epochs": 3}, 3),  # an explicit pretrain_epochs stands
+        ({}, 100),  # nothing asked: the model's default
+    ],
+)
+def test_epochs_bound_every_stage_of_a_two_stage_model(settings, expected):
+    from bench.runner import bound_pretraining
+
+    config = {"epochs": 300, "pretrain_epochs": 100, **settings}
+    bound_pretraining(config, settings)
+    assert config["pretrain_epochs"] == expected
+
+
+def test_epochs_leave_one_stage_models_alone():
+    from bench.runner import bound_pretraining
+
+    config = {"epochs": 2}
+    bound_pretraining(config, {"epochs": 2})
+    assert config == {"epochs": 2}

@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Job:
     config_dir: str | None = None  # the driver's config tree, when this machine has it
     command: str | None = None
     link: TrialLink | None = None
+    concurrent_runs: int = 1  # jobs sharing the machine's cores: its default thread count
 
 
 class _Pruned(Exception):
@@ -120,6 +121,7 @@ def run_job(job: Job, trial: Any = None) -> dict[str, Any]:
             device=job.device,
             data_dir=job.data_dir,
             cache_dir=Path(job.cache_dir) if job.cache_dir else None,
+            concurrent_runs=job.concurrent_runs,
         )
         with warnings.catch_warnings():
             # As bench.runner.run_safely: RecBole's warnings on current PyTorch are not actionable.
@@ -221,6 +223,8 @@ class RayExecutor:
         self._pending: dict[Any, Job] = {}
 
     def submit(self, job: Job, trial: Any = None) -> None:
+        # Each task's default thread count is its share of the cores (bench.runner).
+        job = replace(job, concurrent_runs=self.capacity)
         self._pending[self._remote.remote(job)] = job
 
     def pending(self) -> int:

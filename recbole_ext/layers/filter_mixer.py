@@ -117,20 +117,26 @@ class FilterMixerLayer(nn.Module):
         return total
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The filter alone, ``[B, L, H] -> [B, L, H]`` (no dropout, residual or norm)."""
-        length = x.shape[1]
-        if length != self.max_len:
-            raise ValueError(f"sequence length {length} != the filter's max_len {self.max_len}")
+        """The filter alone, ``[B, W, H] -> [B, W, H]`` (no dropout, residual or norm).
+
+        A batch padded only to its own longest sequence (W < max_len) is filtered as if it were
+        padded with zeros to ``max_len``: the filter's frequencies are those of max_len, so the
+        result at every position is the full-width one.
+        """
+        width = x.shape[1]
+        if width > self.max_len:
+            raise ValueError(f"sequence length {width} > the filter's max_len {self.max_len}")
+        length = self.max_len
         spectrum = self.spectrum()
         if not self.causal:
-            freq = torch.fft.rfft(x, dim=1, norm="ortho")
-            return torch.fft.irfft(freq * spectrum, n=length, dim=1, norm="ortho")
+            freq = torch.fft.rfft(x, n=length, dim=1, norm="ortho")  # n= zero-pads to max_len
+            return torch.fft.irfft(freq * spectrum, n=length, dim=1, norm="ortho")[:, :width]
         # The circular filter irfft_o(W * rfft_o(x)) is the circular convolution with
         # h = irfft(W) (backward norm); convolving with zero padding to 2L drops the wrap-around.
         kernel = torch.fft.irfft(spectrum, n=length, dim=1)
         n_fft = 2 * length
         freq = torch.fft.rfft(x, n=n_fft, dim=1) * torch.fft.rfft(kernel, n=n_fft, dim=1)
-        return torch.fft.irfft(freq, n=n_fft, dim=1)[:, :length]
+        return torch.fft.irfft(freq, n=n_fft, dim=1)[:, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.dropout(self.mix(x)))

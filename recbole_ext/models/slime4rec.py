@@ -48,6 +48,8 @@ class SLIME4Rec(SequentialRecommender):
     """SLIME4Rec; see the module docstring."""
 
     input_type = InputType.POINTWISE
+    # The filters run at MAX_ITEM_LIST_LENGTH whatever the batch's width (layers.filter_mixer).
+    accepts_trimmed_batches = True
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -131,7 +133,10 @@ class SLIME4Rec(SequentialRecommender):
             return item_seq[partner], item_len[partner]
         count = self.same_count[targets]
         start = self.same_start[targets]
-        seqs, lens = item_seq.clone(), item_len.clone()
+        # The stored sequences are max_seq_length wide; a trimmed batch is padded back to that
+        # width for the draws, and the result trimmed to its own longest sequence.
+        full = F.pad(item_seq, (0, self.train_seqs.shape[1] - item_seq.shape[1]))
+        seqs, lens = full.clone(), item_len.clone()
         pending = count > 0
         for _ in range(4):  # redraw the draws that hit the sequence itself
             offset = (torch.rand(batch, device=item_seq.device) * count).long()
@@ -139,11 +144,11 @@ class SLIME4Rec(SequentialRecommender):
             cand_seq, cand_len = self.train_seqs[row], self.train_lens[row]
             seqs = torch.where(pending.unsqueeze(1), cand_seq, seqs)
             lens = torch.where(pending, cand_len, lens)
-            identical = (cand_seq == item_seq).all(dim=1) & (cand_len == item_len)
+            identical = (cand_seq == full).all(dim=1) & (cand_len == item_len)
             pending = pending & identical & (count > 1)
             if not bool(pending.any()):
                 break
-        return seqs, lens
+        return seqs[:, : max(int(lens.max()), 1)], lens
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         item_seq = interaction[self.ITEM_SEQ]
@@ -158,6 +163,8 @@ class SLIME4Rec(SequentialRecommender):
             sem_seq, sem_len = self.semantic_positives(item_seq, item_len, pos_items)
             seqs.append(sem_seq)
             lens.append(sem_len)
+        width = max(seq.shape[1] for seq in seqs)  # a semantic positive may be the longest
+        seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq in seqs]
         outputs = self.forward(torch.cat(seqs), torch.cat(lens)).split(batch)
         logits = outputs[0] @ self.item_embedding.weight.T
         ce = F.cross_entropy(logits, pos_items)

@@ -216,3 +216,18 @@ def test_variational_dropout_penalty_formula():
     c1, c2, c3 = 1.16145124, -1.50204118, 0.58629921
     expected = -(0.5 * math.log(0.3) + c1 * 0.3 + c2 * 0.09 + c3 * 0.027)
     assert variational_dropout_penalty(a).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_filter_mixer_on_a_trimmed_batch_equals_the_full_width_one(causal):
+    """A batch padded only to its longest sequence filters as if padded to max_len."""
+    torch.manual_seed(0)
+    encoder = FilterMixerEncoder(2, 6, 12, 8, 0.0, 0.0, "M", 0.5, causal=causal).double().eval()
+    lengths = torch.tensor([3, 7, 5])
+    full = torch.randn(3, 12, 6, dtype=torch.float64)
+    valid = (torch.arange(12) < lengths.unsqueeze(1)).unsqueeze(-1).double()
+    expected = encoder(full * valid, valid)
+    width = int(lengths.max())
+    trimmed = encoder(full[:, :width] * valid[:, :width], valid[:, :width])
+    real = valid[:, :width].bool().squeeze(-1)
+    assert torch.allclose(trimmed[real], expected[:, :width][real], atol=1e-12)

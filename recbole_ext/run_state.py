@@ -1,0 +1,166 @@
+"""A training run's resumable state: what the next epoch's outcome depends on besides the data.
+
+After every epoch the trainer writes it as a "last" checkpoint beside RecBole's "best" one, so a
+run that was killed, preempted or cut by its time budget continues from its last finished epoch
+and ends exactly as an uninterrupted run would on the same device:
+
+- the model's parameters and buffers, its other parameters (RecBole's ``other_parameter``) and
+  its plain scalar attributes (RecBole's MultiVAE counts its annealing steps in ``self.update``);
+- the optimizer's state (and a learning-rate scheduler's, if the trainer has one);
+- every random number generator a run draws from: torch's (CPU and CUDA), NumPy's global one
+  (RecBole's negative samplers), Python's (RecBole's transforms) and the training loader's own
+  generator (RecBole's shuffling, or the length-bucketed batches');
+- the early-stopping state (``cur_step``, the best score and result), the epoch records and the
+  training time spent so far.
+
+Everything is stored as tensors and plain values, so ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1
+_NOT_SCALARS = {"training"}
+
+
+def _scalar_attributes(model: torch.nn.Module) -> dict[str, int | float | bool]:
+    found: dict[str, int | float | bool] = {}
+    for prefix, module in model.named_modules():
+        for name, value in vars(module).items():
+            if type(value) in (int, float, bool) and not name.startswith("_"):
+                if name not in _NOT_SCALARS:
+                    found[f"{prefix}.{name}" if prefix else name] = value
+    return found
+
+
+def _set_scalar_attributes(model: torch.nn.Module, values: dict[str, Any]) -> None:
+    modules = dict(model.named_modules())
+    for key, value in values.items():
+        prefix, _, name = key.rpartition(".")
+        module = modules.get(prefix)
+        if module is not None and hasattr(module, name):
+            setattr(module, name, value)
+
+
+def rng_state(train_data: Any = None) -> dict[str, Any]:
+    """Every generator's state, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    generator = getattr(train_data, "generator", None)
+    if isinstance(generator, torch.Generator):
+        state["loader"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], train_data: Any = None) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(train_data, "generator", None)
+    if "loader" in state and isinstance(generator, torch.Generator):
+        generator.set_state(state["loader"])
+
+
+def tensor_values(parameters: dict | None) -> dict:
+    """A model's ``other_parameter()`` without what a checkpoint cannot hold as plain values.
+
+    Non-tensor "other parameters" (EASE's and ItemKNN's SciPy matrices) are derived from the
+    data when the model is built; the rebuilt model has them again."""
+    kept = (torch.Tensor, int, float)
+    return {k: v for k, v in (parameters or {}).items() if isinstance(v, kept)}
+
+
+def capture(trainer: Any, train_data: Any, epoch: int, elapsed: float) -> dict[str, Any]:
+    """The state after ``epoch`` (0-based) finished, validation and early stopping included."""
+    from dataclasses import asdict
+
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "model_name": str(trainer.config["model"]),
+        "epoch": int(epoch),
+        "state_dict": trainer.model.state_dict(),
+        "other_parameter": tensor_values(trainer.model.other_parameter()),
+        "scalars": _scalar_attributes(trainer.model),
+        "optimizer": trainer.optimizer.state_dict(),
+        "cur_step": int(trainer.cur_step),
+        "best_valid_score": float(trainer.best_valid_score),
+        "best_valid_result": (
+            None
+            if trainer.best_valid_result is None
+            else {str(k): float(v) for k, v in trainer.best_valid_result.items()}
+        ),
+        "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
+        "records": [asdict(r) for r in getattr(trainer, "epochs_record", [])],
+        "elapsed_seconds": float(elapsed),
+        "rng": rng_state(train_data),
+    }
+    scheduler = getattr(trainer, "scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "state_dict"):
+        state["scheduler"] = scheduler.state_dict()
+    return state
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write atomically: a killed process leaves the previous checkpoint, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def restore_model_and_optimizer(trainer: Any, state: dict[str, Any]) -> None:
+    """Put the saved weights, scalars, optimizer and early-stopping state into ``trainer``."""
+    if state.get("model_name", "").lower() != str(trainer.config["model"]).lower():
+        raise ValueError(
+            f"checkpoint holds {state.get('model_name')}, not {trainer.config['model']}"
+        )
+    trainer.model.load_state_dict(state["state_dict"])
+    trainer.model.load_other_parameter(state.get("other_parameter"))
+    _set_scalar_attributes(trainer.model, state.get("scalars", {}))
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    scheduler = getattr(trainer, "scheduler", None)
+    if "scheduler" in state and scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    trainer.start_epoch = state["epoch"] + 1
+    trainer.cur_step = state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    trainer.best_valid_result = state["best_valid_result"]
+    trainer.train_loss_dict = dict(state.get("train_loss", {}))

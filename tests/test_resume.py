@@ -1,0 +1,167 @@
+"""Runs that resume mid-training: a run killed with SIGKILL part-way through an epoch continues
+from its last finished epoch and ends exactly as the uninterrupted run (same seed, CPU)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, write_inter
+
+SETTINGS = {"epochs": 4, "stopping_step": 10, "train_batch_size": 16, "threads": 1}
+
+# (model, extra settings): sequential with in-loader negative sampling (NumPy's generator) and
+# length-bucketed batches; a general model on RecBole's own shuffling; a sequential model with
+# dropout (torch's generator) and semantic positives.
+CASES = {
+    "FPMC": {"embedding_size": 8},
+    "BPR": {"embedding_size": 8},
+    "SLIME4Rec": {"hidden_size": 8, "inner_size": 16, "contrast": "us_x"},
+}
+
+_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+from bench import api
+from recbole_ext import training
+
+model, out, data, kill_epoch, kill_batch, resume, settings = sys.argv[1:8]
+kill_epoch, kill_batch = int(kill_epoch), int(kill_batch)
+
+if kill_epoch >= 0:
+    original = training.RecordingMixin._train_epoch
+
+    class Dying:
+        # The training loader, killing the process before it yields batch ``kill_batch``.
+        def __init__(self, inner):
+            self.inner = inner
+        def __iter__(self):
+            for index, batch in enumerate(self.inner):
+                if index == kill_batch:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield batch
+        def __len__(self):
+            return len(self.inner)
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def killing(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == kill_epoch:
+            train_data = Dying(train_data)
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    training.RecordingMixin._train_epoch = killing
+
+summary = api.run([model], "tiny", settings=json.loads(settings), out=out, data_dir=data,
+                  device="cpu", resume=resume == "1")
+assert not summary.failed, summary.failed[0]["error"]["traceback"]
+"""
+
+
+def _run(model: str, out: Path, data: Path, kill: tuple[int, int] | None, resume: bool, extra):
+    script = textwrap.dedent(_RUN)
+    kill_epoch, kill_batch = kill or (-1, -1)
+    args = [model, str(out), str(data), str(kill_epoch), str(kill_batch), "1" if resume else "0"]
+    args.append(json.dumps({**SETTINGS, **extra}))
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _result(out: Path, model: str) -> dict:
+    return json.loads((out / "runs" / "tiny" / model / "seed-0.json").read_text())
+
+
+def _training_record(result: dict) -> list[tuple]:
+    return [(e["epoch"], e["train_loss"], e["valid_score"]) for e in result["epochs"]]
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(1, 41):
+        items = rng.choice(np.arange(1, 31), size=rng.integers(6, 13), replace=False)
+        rows += [(user, int(item), float(t)) for t, item in enumerate(items)]
+    write_inter(tmp_path / "data", "tiny", rows)
+    return tmp_path / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(CASES))
+def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Path, tiny_data):
+    extra = CASES[model]
+    straight = _run(model, tmp_path / "straight", tiny_data, None, False, extra)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = _result(tmp_path / "straight", model)
+
+    out = tmp_path / "killed"
+    killed = _run(model, out, tiny_data, (2, 3), False, extra)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (out / "runs" / "tiny" / model / "seed-0.json").exists()
+    (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
+    assert (folder / "last.pth").is_file()
+
+    resumed = _run(model, out, tiny_data, None, True, extra)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = _result(out, model)
+    assert result["timing"]["resumed_from_epoch"] == 2  # continued, not started over
+    assert result["timing"]["earlier_train_seconds"] > 0
+    assert _training_record(result) == _training_record(expected)
+    assert result["test"] == expected["test"] and result["valid"] == expected["valid"]
+    assert result["best_epoch"] == expected["best_epoch"]
+    assert result["stop_reason"] == expected["stop_reason"] == "epoch_limit"
+    # A run that ended by its own stopping rule needs its checkpoints no more.
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
+    tmp_path: Path, tiny_data
+):
+    from bench import api
+
+    settings = {**SETTINGS, **CASES["BPR"], "epochs": 50, "time_budget_s": 1e-3}
+    out = tmp_path / "out"
+    first = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data, device="cpu")
+    (result,) = first.results
+    assert result["stop_reason"] == "time_budget" and result["stopped_by_budget"]
+    (folder,) = (out / "checkpoints" / "tiny" / "BPR").iterdir()
+    assert (folder / "last.pth").is_file() and (folder / "best.pth").is_file()
+    done = len(result["epochs"])
+
+    more = {**settings, "epochs": done + 2, "time_budget_s": 0}
+    second = api.run(
+        ["BPR"], "tiny", settings=more, out=out, data_dir=tiny_data, device="cpu", resume=True
+    )
+    (result,) = second.results
+    assert result["timing"]["resumed_from_epoch"] == done
+    assert [e["epoch"] for e in result["epochs"]] == list(range(done + 2))
+    assert result["stop_reason"] == "epoch_limit" and not folder.exists()
+
+
+def test_a_run_without_resume_starts_over(tmp_path: Path, tiny_data):
+    from bench import api
+
+    settings = {**SETTINGS, **CASES["BPR"], "epochs": 50, "time_budget_s": 1e-3}
+    out = tmp_path / "out"
+    api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data, device="cpu")
+    (folder,) = (out / "checkpoints" / "tiny" / "BPR").iterdir()
+    assert (folder / "last.pth").is_file()
+    settings = {**SETTINGS, **CASES["BPR"], "epochs": 1}
+    summary = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data)
+    (result,) = summary.results
+    assert result["timing"]["resumed_from_epoch"] is None
+    assert [e["epoch"] for e in result["epochs"]] == [0]
