@@ -61,7 +61,10 @@ def run(
     out: ResultsOption = Path("results"),
     resume: Annotated[
         bool,
-        typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
+        typer.Option(
+            help="Skip runs already done (same settings, not cut off by a smaller budget); "
+            "continue killed or budget-cut runs from their last epoch"
+        ),
     ] = False,
     name: Annotated[
         str | None,
@@ -110,6 +113,9 @@ def leaderboard_command(
     baseline: Annotated[
         str | None, typer.Option(help="Also test every model against this one")
     ] = None,
+    test: Annotated[
+        str, typer.Option(help="Test deciding the significance markers: t or wilcoxon")
+    ] = "t",
 ) -> None:
     """Rebuild leaderboard/<dataset>.csv, .md, .significance.csv and .provenance.json."""
     from bench import leaderboard
@@ -118,7 +124,7 @@ def leaderboard_command(
     if not datasets:
         raise BenchError(f"no results under {results / 'runs'}")
     for name in datasets:
-        written = leaderboard.write(results, name, baseline=baseline)
+        written = leaderboard.write(results, name, baseline=baseline, test=test)
         if written is None:
             raise BenchError(f"no results for dataset {name!r} under {results / 'runs'}")
         typer.echo(f"{name}: {written[0]} and {written[1]}")
@@ -177,11 +183,14 @@ def report(
     baseline: Annotated[
         str | None, typer.Option(help="Also test every model against this one")
     ] = None,
+    test: Annotated[
+        str, typer.Option(help="Test deciding the significance markers: t or wilcoxon")
+    ] = "t",
 ) -> None:
     """Write a markdown report with figures: <results>/reports/<dataset>/report.md."""
     from bench.report import write_report
 
-    typer.echo(f"report: {write_report(results, dataset, baseline=baseline)}")
+    typer.echo(f"report: {write_report(results, dataset, baseline=baseline, test=test)}")
 
 
 @app.command()

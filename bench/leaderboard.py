@@ -3,12 +3,14 @@
 ``<out>/leaderboard/<dataset>.csv``               full precision: mean and std per test metric
 ``<out>/leaderboard/<dataset>.md``                mean ± std, best/second best marked, paired
                                                   significance against the best model (and a
-                                                  baseline), protocol and provenance
-``<out>/leaderboard/<dataset>.significance.csv``  every paired test (see :mod:`bench.stats`)
+                                                  baseline), seed-noise flags, protocol and
+                                                  provenance
+``<out>/leaderboard/<dataset>.significance.csv``  every paired test with the confidence interval
+                                                  of the mean difference (see :mod:`bench.stats`)
 ``<out>/leaderboard/<dataset>.provenance.json``   what produced the numbers
 
 Runs that failed are counted, never averaged. Rows whose seeds ran with different configs, code
-versions or data files are flagged.
+versions or data files are flagged. ``docs/statistics.md`` explains the statistics.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ _FILTER_KEYS = (
 )
 BEST_MARK = "†"
 BASELINE_MARK = "‡"
+NOISE_MARK = "≈"
+TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+# The leaderboard's name of each `train_regime` of a sequential model.
+REGIME_LABELS = {"users": "whole-sequence", "interactions": "per-prefix"}
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Board:
     baseline: str | None = None
     alpha: float = stats.ALPHA
     untested: list[str] = field(default_factory=list)  # models without per-user values
+    test: str = stats.DEFAULT_TEST  # the test that decides the markers
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -114,9 +121,26 @@ def _row_flags(ok: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_regime(result: dict[str, Any]) -> str:
+    """How a sequential run trained: ``whole-sequence`` (``train_regime: users``) or
+    ``per-prefix`` (``interactions``, also when the key is absent: the harness's default);
+    empty for the other families, which have no prefixes."""
+    if result.get("family") != "sequential":
+        return ""
+    regime = (result.get("config") or {}).get("train_regime") or "interactions"
+    return REGIME_LABELS.get(regime, str(regime))
+
+
+def _row_regime(ok: list[dict[str, Any]]) -> str:
+    regimes = _distinct([run_regime(r) for r in ok])
+    if not regimes:
+        return ""
+    return regimes[0] if len(regimes) == 1 else "mixed"
+
+
 def build(results: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per model: seeds, failures, flags, mean and std of each test metric over seeds,
-    mean best epoch and training time."""
+    """One row per model: seeds, failures, flags, training regime, mean and std of each test
+    metric over seeds, mean best epoch and training time."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         by_model[result["model"]].append(result)
@@ -126,6 +150,7 @@ def build(results: list[dict[str, Any]]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "model": model,
             "family": ok[0].get("family") if ok else None,
+            "regime": _row_regime(ok),
             "seeds": len(ok),
             "failed": len(runs) - len(ok),
             "quick": any(r.get("quick") for r in ok),
@@ -150,9 +175,20 @@ def build(results: list[dict[str, Any]]) -> pd.DataFrame:
         (c for c in table.columns if c.startswith("test_")),
         key=lambda c: (*_metric_sort_key(c.removeprefix("test_").removesuffix("_std")), c),
     )
-    fixed = ["model", "family", "seeds", "failed", "quick", "budget_limited", "mixed_config"]
-    fixed += ["mixed_commit"]
-    fixed += ["mixed_data", "flags", "config_hash"]
+    fixed = [
+        "model",
+        "family",
+        "regime",
+        "seeds",
+        "failed",
+        "quick",
+        "budget_limited",
+        "mixed_config",
+        "mixed_commit",
+        "mixed_data",
+        "flags",
+        "config_hash",
+    ]
     tail = ["best_epoch", "train_seconds", "train_seconds_std", "valid_metric", "error"]
     table = table[fixed + metric_cols + [c for c in tail if c in table]]
     sort_col = _sort_column(table, results)
@@ -200,11 +236,15 @@ def compute(
     dataset: str,
     baseline: str | None = None,
     alpha: float = stats.ALPHA,
+    test: str = stats.DEFAULT_TEST,
 ) -> Board | None:
     """The leaderboard, significance tests and provenance of ``dataset``; None if no results.
 
-    Raises :class:`BenchError` when ``baseline`` names no model with a successful run.
+    ``test`` (``t`` or ``wilcoxon``) decides the significance markers; both are computed.
+    Raises :class:`BenchError` when ``baseline`` names no model with a successful run, or
+    ``test`` is unknown.
     """
+    stats.check_test(test)
     results = load_results(out, dataset)
     if not results:
         return None
@@ -230,7 +270,10 @@ def compute(
     if primary in metrics:  # the tested metric first
         metrics.remove(primary)
         metrics.insert(0, primary)
-    significance = stats.compare(per_user, references, metrics, alpha)
+    # The primary metric's interval is bootstrapped (no normality assumed); the t-interval,
+    # cheap and close at these user counts, serves the other metrics.
+    bootstrap_metrics = [primary] if primary in metrics else []
+    significance = stats.compare(per_user, references, metrics, alpha, bootstrap_metrics)
     untested = [m for m in ranked["model"] if m not in per_user]
     board = Board(
         dataset=dataset,
@@ -243,19 +286,55 @@ def compute(
         baseline=baseline,
         alpha=alpha,
         untested=untested,
+        test=test,
     )
     board.provenance = provenance(board)
-    board.provenance["rebuild_command"] = rebuild_command("leaderboard", out, dataset, baseline)
+    board.provenance["rebuild_command"] = rebuild_command(
+        "leaderboard", out, dataset, baseline, test
+    )
     return board
 
 
 def rebuild_command(
-    verb: str, out: str | os.PathLike, dataset: str, baseline: str | None = None
+    verb: str,
+    out: str | os.PathLike,
+    dataset: str,
+    baseline: str | None = None,
+    test: str = stats.DEFAULT_TEST,
 ) -> str:
     """The ``bench leaderboard`` (or ``bench report``) command that writes this again from the
     runs under ``out``."""
     command = f"bench {verb} --results {out} --dataset {dataset}"
-    return command + (f" --baseline {baseline}" if baseline else "")
+    command += f" --baseline {baseline}" if baseline else ""
+    return command + (f" --test {test}" if test != stats.DEFAULT_TEST else "")
+
+
+def seed_noise_flags(board: Board) -> dict[str, list[str]]:
+    """The references (``best``, ``baseline``) each row is within seed noise of, on the primary
+    metric: its mean over seeds differs from the reference's by less than the larger of the two
+    rows' std over seeds. The per-user tests see one seed-averaged value per user and ignore
+    training randomness, so a marker on such a row may not survive other seeds.
+
+    A row with a single seed has no std and is never flagged; a single-seed reference
+    contributes no std, so the row's own std is the threshold then.
+    """
+    column = f"test_{board.primary}"
+    if not board.primary or column not in board.table:
+        return {}
+    table = board.table.set_index("model")
+    flags: dict[str, list[str]] = {}
+    for reference, role in ((board.best, "best"), (board.baseline, "baseline")):
+        if reference is None or reference not in table.index:
+            continue
+        ref_mean = table.at[reference, column]
+        ref_std = table.at[reference, f"{column}_std"]
+        for model, row in table.iterrows():
+            if model == reference or row["seeds"] < 2 or pd.isna(row[f"{column}_std"]):
+                continue
+            stds = [s for s in (row[f"{column}_std"], ref_std) if not pd.isna(s)]
+            if abs(row[column] - ref_mean) < max(stds):
+                flags.setdefault(str(model), []).append(role)
+    return flags
 
 
 # --- provenance --------------------------------------------------------------------------------
@@ -363,6 +442,7 @@ def provenance(board: Board) -> dict[str, Any]:
                 [data_digest((r.get("data") or {}).get("sha256")) for r in runs]
             ),
             "flags": row.flags.split() if row.flags else [],
+            "train_regimes": _distinct([(r.get("config") or {}).get("train_regime") for r in runs]),
             "quick": bool(row.quick),
             "first_finished_at": done[0] if done else None,
             "last_finished_at": done[-1] if done else None,
@@ -389,11 +469,18 @@ def provenance(board: Board) -> dict[str, Any]:
             "aggregation": "mean and sample standard deviation (ddof=1) over seeds",
             "pairing": "by user id; users evaluated for both models; "
             "each user's value averaged over a model's seeds first",
-            "tests": "two-sided Wilcoxon signed-rank (zero differences dropped; decides the "
-            "markers) and paired t-test",
+            "tests": "two-sided paired t-test and Wilcoxon signed-rank test (zero differences "
+            "dropped)",
+            "marker_test": board.test,
             "correction": "Holm, over the models compared with the same reference on the same "
             "metric with the same test",
             "alpha": board.alpha,
+            "confidence_intervals": f"{stats.CONFIDENCE:.0%} interval of the mean difference "
+            f"(model - reference): percentile bootstrap over users "
+            f"({stats.BOOTSTRAP_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}) on the "
+            "primary metric, t-interval on the others",
+            "seed_noise_flag": "a row with at least two seeds whose mean differs from a "
+            "reference's by less than the larger of the two rows' std over seeds",
             "effect_sizes": "rank-biserial correlation (Wilcoxon), Cohen's d_z (t-test), "
             "on model - reference",
             "primary_metric": board.primary,
@@ -440,7 +527,7 @@ def _significant(board: Board, role: str) -> set[tuple[str, str]]:
     sig = board.significance
     if sig.empty:
         return set()
-    hits = sig[(sig["test"] == "wilcoxon") & (sig["role"] == role) & sig["significant"]]
+    hits = sig[(sig["test"] == board.test) & (sig["role"] == role) & sig["significant"]]
     return set(zip(hits["model"], hits["metric"], strict=True))
 
 
@@ -448,17 +535,22 @@ def table_markdown(board: Board) -> str:
     """The leaderboard table with its caption and notes."""
     table = board.table
     metrics = metric_names(table)
-    shown = ["model", "family", "seeds", *metrics, "best_epoch", "train_seconds", "config"]
+    shown = ["model", "family", "regime", "seeds", "noise", *metrics]
+    shown += ["best_epoch", "train_seconds", "config"]
     header = [c if c != "train_seconds" else "train_s" for c in shown]
     marks = {
         BEST_MARK: _significant(board, "best"),
         BASELINE_MARK: _significant(board, "baseline"),
     }
+    role_marks = {"best": BEST_MARK, "baseline": BASELINE_MARK}
+    noise = {
+        model: NOISE_MARK + "".join(role_marks[role] for role in roles)
+        for model, roles in seed_noise_flags(board).items()
+    }
     ranks = {m: _ranks(table[f"test_{m}"], bigger_is_better(m)) for m in metrics}
+    left = ("model", "family", "regime", "noise", "config")
     lines = ["| " + " | ".join(header) + " |"]
-    lines.append(
-        "|" + "|".join("---" if c in ("model", "family", "config") else "---:" for c in shown) + "|"
-    )
+    lines.append("|" + "|".join("---" if c in left else "---:" for c in shown) + "|")
     for _, row in table.iterrows():
         cells = []
         for col in shown:
@@ -477,6 +569,8 @@ def table_markdown(board: Board) -> str:
                 cells.append(text)
             elif col == "config":
                 cells.append(f"`{row['config_hash']}`" if row["config_hash"] else "")
+            elif col == "noise":
+                cells.append(noise.get(row["model"], ""))
             elif col in ("best_epoch", "train_seconds"):
                 cells.append(_fmt(row.get(col), 1))
             else:
@@ -493,16 +587,36 @@ def _caption(board: Board) -> list[str]:
         f"are selected (best epoch) on validation {board.primary or 'metric'} and {ranked_on}. "
         "`config`: the row's config hash."
     )
+    text += (
+        " `regime`: how a sequential model trained, `per-prefix` (RecBole's: every prefix of a "
+        "sequence is one sample, the loss at its last position; `train_regime: interactions`) "
+        "or `whole-sequence` (one sample per user, a loss at every position; `train_regime: "
+        "users`); `mixed` when its seeds differ; empty for other families."
+    )
     if board.best:
+        other = next(t for t in stats.TESTS if t != board.test)
         text += (
             f" {BEST_MARK}: significantly different from the best model, {board.best} "
-            f"(paired Wilcoxon signed-rank test on per-user values, Holm-adjusted, "
-            f"alpha {board.alpha})."
+            f"({TEST_NAMES[board.test]} on per-user values, Holm-adjusted, alpha {board.alpha}; "
+            f"the {TEST_NAMES[other]} is in the significance table)."
         )
     if board.baseline and board.baseline != board.best:
         text += f" {BASELINE_MARK}: significantly different from the baseline, {board.baseline}."
     elif board.baseline:
         text += f" The baseline, {board.baseline}, is the best model."
+    if board.best and board.primary:
+        baseline_noise = (
+            f" ({NOISE_MARK}{BASELINE_MARK}: from the baseline's)"
+            if board.baseline and board.baseline != board.best
+            else ""
+        )
+        text += (
+            f" `noise`: {NOISE_MARK}{BEST_MARK} marks a row whose mean test {board.primary} "
+            f"differs from the best model's{baseline_noise} by less than the larger of the two "
+            "rows' std over seeds: the per-user tests ignore training randomness, so a marker "
+            "there may not survive other seeds. A row with a single seed has no std and cannot "
+            "be flagged."
+        )
     capped = [r for r in board.ok if (r.get("config") or {}).get("time_budget_s")]
     stopped = [r for r in capped if r.get("stopped_by_budget")]
     if capped:
@@ -570,39 +684,54 @@ def significance_markdown(
     ``csv_name`` is where the full table lies (default: the leaderboard's CSV)."""
     sig = board.significance
     metrics = metrics or ([board.primary] if board.primary else [])
+    level = f"{stats.CONFIDENCE:.0%}"
+    interval_methods = "t-interval"
+    if board.primary:
+        interval_methods = (
+            f"percentile bootstrap over users, {stats.BOOTSTRAP_RESAMPLES} resamples with a "
+            f"fixed seed, for {board.primary}; t-interval for the other metrics"
+        )
     intro = (
         "Paired tests on per-user test values: users paired by id (those evaluated for both "
-        "models), each user's value averaged over a model's seeds first. Two-sided Wilcoxon "
-        "signed-rank test (zero differences dropped; it decides the markers) and paired t-test; "
-        "p-values Holm-adjusted over the models compared with the same reference on the same "
-        f"metric and test; alpha {board.alpha}. Differences and effect sizes are model minus "
-        "reference: rank-biserial correlation r (Wilcoxon) and Cohen's d_z (t-test). "
+        "models), each user's value averaged over a model's seeds first. Two-sided paired "
+        "t-test and Wilcoxon signed-rank test (zero differences dropped); the "
+        f"{TEST_NAMES[board.test]} decides the markers. p-values Holm-adjusted over the models "
+        f"compared with the same reference on the same metric and test; alpha {board.alpha}. "
+        "Differences, intervals and effect sizes are model minus reference: "
+        f"{level} CI of the mean difference ({interval_methods}), Cohen's d_z (t-test) and "
+        "rank-biserial correlation r (Wilcoxon). "
         f"All metric@k: `{csv_name or board.dataset + '.significance.csv'}`."
     )
     rows = sig[sig["metric"].isin(metrics)] if not sig.empty else sig
     if rows.empty:
         return intro + "\n\nNo tests: fewer than two models with per-user values."
     header = (
-        "| model | reference | metric | n users | mean diff | Wilcoxon W | p | p Holm | r "
-        "| t | p | p Holm | d |"
+        f"| model | reference | metric | n users | mean diff | {level} CI | t | p | p Holm | d "
+        "| Wilcoxon W | p | p Holm | r |"
     )
-    lines = [intro, "", header, "|---|---|---|" + "---:|" * 10]
-    wil = rows[rows["test"] == "wilcoxon"].set_index(["model", "reference", "metric"])
+    lines = [intro, "", header, "|---|---|---|" + "---:|" * 11]
     tt = rows[rows["test"] == "t"].set_index(["model", "reference", "metric"])
-    for key, w in wil.iterrows():
-        t = tt.loc[key]
+    wil = rows[rows["test"] == "wilcoxon"].set_index(["model", "reference", "metric"])
+    for key, t in tt.iterrows():
+        w = wil.loc[key]
         model, reference, metric = key
-        role = f" ({w['role']})"
-        star = " *" if w["significant"] else ""
         lines.append(
-            f"| {model} | {reference}{role} | {metric} | {w['n_users']} | "
-            f"{w['mean_diff']:+.4f} | {_g(w['statistic'])} | {_p(w['p_value'])} | "
-            f"{_p(w['p_holm'])}{star} | {w['effect_size']:+.3f} | {_g(t['statistic'])} | "
-            f"{_p(t['p_value'])} | {_p(t['p_holm'])}{' *' if t['significant'] else ''} | "
-            f"{_g(t['effect_size'])} |"
+            f"| {model} | {reference} ({t['role']}) | {metric} | {t['n_users']} | "
+            f"{t['mean_diff']:+.4f} | {_interval(t['ci_low'], t['ci_high'])} | "
+            f"{_g(t['statistic'])} | {_p(t['p_value'])} | {_p(t['p_holm'])}{_star(t)} | "
+            f"{_g(t['effect_size'])} | {_g(w['statistic'])} | {_p(w['p_value'])} | "
+            f"{_p(w['p_holm'])}{_star(w)} | {w['effect_size']:+.3f} |"
         )
     lines += ["", f"\\* Holm-adjusted p < {board.alpha}."]
     return "\n".join(lines)
+
+
+def _star(row: pd.Series) -> str:
+    return " *" if row["significant"] else ""
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if pd.isna(low) or pd.isna(high) else f"[{low:+.4f}, {high:+.4f}]"
 
 
 def _describe_protocol(p: dict[str, Any]) -> str:
@@ -723,11 +852,15 @@ def to_markdown(board: Board) -> str:
 
 
 def write(
-    out: str | os.PathLike, dataset: str, baseline: str | None = None
+    out: str | os.PathLike,
+    dataset: str,
+    baseline: str | None = None,
+    test: str = stats.DEFAULT_TEST,
 ) -> tuple[Path, Path] | None:
     """Write ``<out>/leaderboard/<dataset>.csv``, ``.md``, ``.significance.csv`` and
-    ``.provenance.json``; return the CSV and markdown paths, or None if there are no results."""
-    board = compute(out, dataset, baseline)
+    ``.provenance.json``; return the CSV and markdown paths, or None if there are no results.
+    ``test`` (``t`` or ``wilcoxon``) decides the significance markers."""
+    board = compute(out, dataset, baseline, test=test)
     if board is None:
         return None
     folder = Path(out) / "leaderboard"
@@ -738,26 +871,39 @@ def write(
     return csv_path, md_path
 
 
-def written_baseline(out: str | os.PathLike, dataset: str) -> str | None:
-    """The baseline the dataset's leaderboard on disk was built with, if any."""
+def _written_statistics(out: str | os.PathLike, dataset: str) -> dict[str, Any]:
     path = Path(out) / "leaderboard" / f"{dataset}.provenance.json"
     try:
         written = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return (written.get("statistics") or {}).get("baseline")
+        return {}
+    return written.get("statistics") or {}
+
+
+def written_baseline(out: str | os.PathLike, dataset: str) -> str | None:
+    """The baseline the dataset's leaderboard on disk was built with, if any."""
+    return _written_statistics(out, dataset).get("baseline")
+
+
+def written_test(out: str | os.PathLike, dataset: str) -> str:
+    """The test that decided the markers of the dataset's leaderboard on disk (the default for
+    a board written before the choice existed, or none)."""
+    test = _written_statistics(out, dataset).get("marker_test")
+    return test if test in stats.TESTS else stats.DEFAULT_TEST
 
 
 def refresh(out: str | os.PathLike, dataset: str) -> tuple[Path, Path] | None:
-    """Rebuild a leaderboard after new runs, keeping the baseline it was built with (``bench
-    leaderboard --baseline`` chose it); dropped only if the baseline has no successful run now."""
+    """Rebuild a leaderboard after new runs, keeping the baseline and the marker test it was
+    built with (``bench leaderboard --baseline --test`` chose them); the baseline is dropped
+    only if it has no successful run now."""
     baseline = written_baseline(out, dataset)
+    test = written_test(out, dataset)
     try:
-        return write(out, dataset, baseline)
+        return write(out, dataset, baseline, test)
     except BenchError:
         if baseline is None:
             raise
-        return write(out, dataset)
+        return write(out, dataset, test=test)
 
 
 def datasets_with_results(out: str | os.PathLike) -> list[str]:

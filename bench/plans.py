@@ -309,7 +309,9 @@ def execute(
             signal.signal(signal.SIGINT, restore_sigint)
     for dataset in sorted({r.dataset for r in runs}):
         if dataset in baselines:
-            leaderboard.write(out, dataset, baselines[dataset])
+            leaderboard.write(
+                out, dataset, baselines[dataset], leaderboard.written_test(out, dataset)
+            )
         else:
             leaderboard.refresh(out, dataset)
     record.finished_at = _now()

@@ -62,19 +62,26 @@ def _figure_markdown(title: str, paths: list[Path], folder: Path, caption: str) 
     return f"### {title}\n\n![{title}]({png})\n\n{caption} ([SVG]({svg}))"
 
 
-def write_report(out: str | os.PathLike, dataset: str, baseline: str | None = None) -> Path:
+def write_report(
+    out: str | os.PathLike,
+    dataset: str,
+    baseline: str | None = None,
+    test: str = stats.DEFAULT_TEST,
+) -> Path:
     """Write the report of ``dataset`` under ``<out>/reports/<dataset>/``; return report.md.
+    ``test`` (``t`` or ``wilcoxon``) decides the significance markers.
 
-    Raises :class:`BenchError` when there is no successful result or the baseline is unknown.
+    Raises :class:`BenchError` when there is no successful result, the baseline or the test is
+    unknown.
     """
     out = Path(out)
-    board = leaderboard.compute(out, dataset, baseline)
+    board = leaderboard.compute(out, dataset, baseline, test=test)
     if board is None:
         raise BenchError(f"no results for dataset {dataset!r} under {out / 'runs'}")
     if not board.ok:
         raise BenchError(f"no successful run for dataset {dataset!r} under {out / 'runs'}")
     board.provenance["rebuild_command"] = leaderboard.rebuild_command(
-        "report", out, dataset, baseline
+        "report", out, dataset, baseline, test
     )
     folder = out / "reports" / dataset
     figures = folder / "figures"

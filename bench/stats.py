@@ -1,29 +1,46 @@
-"""Statistics behind the leaderboards: seed aggregation and paired significance tests.
+"""Statistics behind the leaderboards: seed aggregation, paired significance tests, confidence
+intervals. ``docs/statistics.md`` is the user reference.
 
 Design (also stated in every leaderboard):
 
 - A model's value for a user is the mean of that user's test values over the model's seeds, so
   seeds reduce noise per user instead of multiplying the number of "samples".
 - Two models are paired by user id: only users evaluated for both enter a test.
-- Two-sided Wilcoxon signed-rank test (per-user ranking metrics are zero-inflated and far from
-  normal; this is the test that decides the markers) and the paired t-test beside it.
+- The two-sided paired t-test decides the markers by default: it tests a zero mean difference,
+  which is what a leaderboard compares, and keeps its Type-I error on per-user recommender
+  metrics (Ihemelandu & Ekstrand, SIGIR 2023). The Wilcoxon signed-rank test is computed beside
+  it and can decide instead; it tests symmetry about zero, which a skewed, zero-inflated
+  difference with a zero mean violates, so it over-rejects on such data.
 - Holm's step-down correction over the models compared with the same reference, on the same
   metric, with the same test (one family per reference x metric x test).
-- Effect sizes of the paired differences (model - reference): Cohen's d_z (mean / sd) for the
-  t-test and the matched-pairs rank-biserial correlation for Wilcoxon.
+- A 95% confidence interval of the mean difference (model - reference): percentile bootstrap
+  over users for the metrics asked (the board's primary metric), the t-interval otherwise.
+- Effect sizes of the paired differences: Cohen's d_z (mean / sd) for the t-test and the
+  matched-pairs rank-biserial correlation for Wilcoxon.
 """
 
 from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
+
 ALPHA = 0.05
+TESTS = ("t", "wilcoxon")
+DEFAULT_TEST = "t"
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+# Fixed so that rebuilding a board draws the same resamples: byte-identical intervals.
+BOOTSTRAP_SEED = 0
+# Resamples are drawn in blocks of about this many user indices (~48 MB with the counts).
+_BOOTSTRAP_BLOCK = 4_000_000
 
 SIGNIFICANCE_COLUMNS = [
     "model",
@@ -35,6 +52,9 @@ SIGNIFICANCE_COLUMNS = [
     "mean_model",
     "mean_reference",
     "mean_diff",
+    "ci_low",
+    "ci_high",
+    "ci_method",
     "statistic",
     "p_value",
     "p_holm",
@@ -42,6 +62,13 @@ SIGNIFICANCE_COLUMNS = [
     "effect_size_kind",
     "significant",
 ]
+
+
+def check_test(test: str) -> str:
+    """``test`` if it names a test that can decide the markers, else a :class:`BenchError`."""
+    if test not in TESTS:
+        raise BenchError(f"unknown test {test!r} (choose from: {', '.join(TESTS)})")
+    return test
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
@@ -96,25 +123,125 @@ def rank_biserial(diff: np.ndarray) -> float:
     return (positive - negative) / (positive + negative)
 
 
-def paired_tests(model: pd.Series, reference: pd.Series) -> dict[str, Any]:
-    """Wilcoxon signed-rank and paired t-test of ``model - reference``, paired by index.
+def difference_tests(diff: np.ndarray) -> dict[str, np.ndarray]:
+    """Two-sided one-sample t-test and Wilcoxon signed-rank test (zeros dropped) of paired
+    differences against 0, along the last axis: one test per row of a 2-D array.
 
-    Missing or undefined p-values (no users, no non-zero difference, zero variance) are
-    reported as 1: such data carries no evidence of a difference.
+    Undefined p-values (no non-zero difference, zero variance) are reported as 1: such data
+    carries no evidence of a difference.
     """
-    from scipy.stats import ttest_rel, wilcoxon
+    from scipy.stats import ttest_1samp, wilcoxon
 
+    diff = np.asarray(diff, dtype=float)
+    with warnings.catch_warnings():
+        # scipy warns on ties, zeros and zero variance; those give NaN, reported as p = 1.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        t = ttest_1samp(diff, 0.0, axis=-1, alternative="two-sided")
+        w = wilcoxon(diff, axis=-1, zero_method="wilcox", alternative="two-sided")
+    return {
+        "t_statistic": np.asarray(t.statistic, dtype=float),
+        "t_p": _p_or_one(t.pvalue),
+        "wilcoxon_statistic": np.asarray(w.statistic, dtype=float),
+        "wilcoxon_p": _p_or_one(w.pvalue),
+    }
+
+
+def _p_or_one(p: Any) -> np.ndarray:
+    p = np.asarray(p, dtype=float)
+    return np.where(np.isnan(p), 1.0, p)
+
+
+def t_interval(diff: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t confidence interval of the mean of ``diff`` (NaN for fewer than two values)."""
+    from scipy.stats import t as student_t
+
+    diff = np.asarray(diff, dtype=float)
+    if diff.size < 2:
+        return float("nan"), float("nan")
+    mean = float(np.mean(diff))
+    half = float(student_t.ppf(0.5 + confidence / 2, diff.size - 1)) * float(
+        np.std(diff, ddof=1) / np.sqrt(diff.size)
+    )
+    return mean - half, mean + half
+
+
+def bootstrap_intervals(
+    diffs: Sequence[np.ndarray],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[tuple[float, float]]:
+    """Percentile bootstrap confidence interval of the mean of each array in ``diffs``.
+
+    Users are resampled with replacement. Arrays of the same length share one set of
+    resamples, drawn once from a generator seeded by ``(seed, length)`` and applied to all of
+    them by one matrix product (resample counts x values), so an array's interval depends on
+    its values alone (up to floating-point rounding), never on the other arrays, and a rebuild
+    gives the same numbers.
+    """
+    intervals = [(float("nan"), float("nan"))] * len(diffs)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, diff in enumerate(diffs):
+        by_length[len(diff)].append(i)
+    quantiles = [0.5 - confidence / 2, 0.5 + confidence / 2]
+    for n, members in sorted(by_length.items()):
+        if n == 0:
+            continue
+        values = np.column_stack([np.asarray(diffs[i], dtype=float) for i in members])
+        means = _bootstrap_means(values, resamples, np.random.default_rng([seed, n]))
+        low, high = np.quantile(means, quantiles, axis=0)
+        for column, i in enumerate(members):
+            intervals[i] = (float(low[column]), float(high[column]))
+    return intervals
+
+
+def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``resamples`` bootstrap resamples of the rows of ``values`` (users x arrays)."""
+    n = values.shape[0]
+    means = np.empty((resamples, values.shape[1]))
+    block = max(1, _BOOTSTRAP_BLOCK // n)
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        drawn = rng.integers(0, n, size=(rows, n), dtype=np.int32)
+        # How often each user is drawn in each resample; then every array's resampled mean
+        # is one matrix product (a row's bincount is faster than gathering values per array).
+        counts = np.empty((rows, n))
+        for row in range(rows):
+            counts[row] = np.bincount(drawn[row], minlength=n)
+        means[start : start + rows] = (counts @ values) / n
+    return means
+
+
+def paired_values(model: pd.Series, reference: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The values of the users both series hold (paired by index), NaN pairs dropped."""
     common = model.index.intersection(reference.index)
     a = model.loc[common].to_numpy(dtype=float)
     b = reference.loc[common].to_numpy(dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[keep], b[keep]
+    return a[keep], b[keep]
+
+
+def paired_tests(model: pd.Series, reference: pd.Series) -> dict[str, Any]:
+    """Paired t-test and Wilcoxon signed-rank test of ``model - reference``, paired by index,
+    with the t confidence interval of the mean difference.
+
+    Missing or undefined p-values (no users, no non-zero difference, zero variance) are
+    reported as 1: such data carries no evidence of a difference.
+    """
+    return _tests_of_pairs(*paired_values(model, reference))
+
+
+def _tests_of_pairs(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     diff = a - b
+    t_low, t_high = t_interval(diff)
     out: dict[str, Any] = {
         "n_users": int(diff.size),
         "mean_model": float(np.mean(a)) if a.size else float("nan"),
         "mean_reference": float(np.mean(b)) if b.size else float("nan"),
         "mean_diff": float(np.mean(diff)) if diff.size else float("nan"),
+        "t_ci_low": t_low,
+        "t_ci_high": t_high,
         "wilcoxon_statistic": float("nan"),
         "wilcoxon_p": 1.0,
         "t_statistic": float("nan"),
@@ -124,22 +251,9 @@ def paired_tests(model: pd.Series, reference: pd.Series) -> dict[str, Any]:
     }
     if diff.size < 2 or not np.any(diff != 0):
         return out
-    with warnings.catch_warnings():
-        # scipy warns on ties, zeros and zero variance; those cases are handled below.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        w = wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
-        t = ttest_rel(a, b, alternative="two-sided")
-    out["wilcoxon_statistic"] = float(w.statistic)
-    out["wilcoxon_p"] = _p_or_one(w.pvalue)
-    out["t_statistic"] = float(t.statistic)
-    out["t_p"] = _p_or_one(t.pvalue)
+    tests = difference_tests(diff)
+    out.update({key: float(value) for key, value in tests.items()})
     return out
-
-
-def _p_or_one(p: Any) -> float:
-    p = float(p)
-    return 1.0 if np.isnan(p) else p
 
 
 def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
@@ -165,14 +279,19 @@ def compare(
     references: Sequence[tuple[str, str]],
     metrics: Sequence[str],
     alpha: float = ALPHA,
+    bootstrap_metrics: Collection[str] = (),
 ) -> pd.DataFrame:
     """Every model against each ``(reference model, role)`` on each metric, both tests.
 
     ``per_user`` maps a model to its seed-averaged per-user values (index: user id). Returns
     one row per (model, reference, metric, test) with :data:`SIGNIFICANCE_COLUMNS`; Holm runs
-    over the models within each (reference, metric, test).
+    over the models within each (reference, metric, test). The confidence interval of the
+    mean difference is the percentile bootstrap for ``bootstrap_metrics`` and the t-interval
+    for the other metrics.
     """
     rows: list[dict[str, Any]] = []
+    # (rows to fill, differences) of the bootstrapped metrics: resampled together at the end.
+    to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]] = []
     for reference, role in references:
         if reference not in per_user:
             continue
@@ -180,11 +299,13 @@ def compare(
         for metric in metrics:
             if metric not in ref_frame:
                 continue
+            bootstrap = metric in bootstrap_metrics
             family: list[dict[str, Any]] = []
             for model, frame in per_user.items():
                 if model == reference or metric not in frame:
                     continue
-                r = paired_tests(frame[metric], ref_frame[metric])
+                a, b = paired_values(frame[metric], ref_frame[metric])
+                r = _tests_of_pairs(a, b)
                 base = {
                     "model": model,
                     "reference": reference,
@@ -194,8 +315,11 @@ def compare(
                     "mean_model": r["mean_model"],
                     "mean_reference": r["mean_reference"],
                     "mean_diff": r["mean_diff"],
+                    "ci_low": r["t_ci_low"],
+                    "ci_high": r["t_ci_high"],
+                    "ci_method": "bootstrap" if bootstrap else "t",
                 }
-                family.append(
+                pair = [
                     {
                         **base,
                         "test": "wilcoxon",
@@ -203,9 +327,7 @@ def compare(
                         "p_value": r["wilcoxon_p"],
                         "effect_size": r["rank_biserial"],
                         "effect_size_kind": "rank_biserial",
-                    }
-                )
-                family.append(
+                    },
                     {
                         **base,
                         "test": "t",
@@ -213,8 +335,11 @@ def compare(
                         "p_value": r["t_p"],
                         "effect_size": r["cohens_d"],
                         "effect_size_kind": "cohens_d",
-                    }
-                )
+                    },
+                ]
+                family.extend(pair)
+                if bootstrap:
+                    to_bootstrap.append((pair, a - b))
             for test in ("wilcoxon", "t"):
                 group = [row for row in family if row["test"] == test]
                 reject, adjusted = holm([row["p_value"] for row in group], alpha)
@@ -222,4 +347,8 @@ def compare(
                     row["p_holm"] = float(adj)
                     row["significant"] = bool(rej)
                 rows.extend(group)
+    intervals = bootstrap_intervals([diff for _, diff in to_bootstrap])
+    for (pair, _), (low, high) in zip(to_bootstrap, intervals, strict=True):
+        for row in pair:
+            row["ci_low"], row["ci_high"] = low, high
     return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)

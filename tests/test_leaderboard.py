@@ -81,9 +81,9 @@ def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
     assert row_a["best_epoch"] == pytest.approx(1.5)
     assert table.set_index("model").loc["C", "failed"] == 1
     md = md_path.read_text()
-    # One seed: no std. The second best is in italics.
-    assert "| B | sequential | 1 | **0.3000** | **0.6000** |" in md
-    assert "| A | sequential | 2 | _0.1500 ± 0.0707_ | _0.3000 ± 0.1414_ |" in md
+    # One seed: no std. The second best is in italics. No train_regime recorded: RecBole's.
+    assert "| B | sequential | per-prefix | 1 |  | **0.3000** | **0.6000** |" in md
+    assert "| A | sequential | per-prefix | 2 |  | _0.1500 ± 0.0707_ | _0.3000 ± 0.1414_ |" in md
     assert "**bold** is the best and _italics_ the second best" in md
     assert "C: 1 failed run(s)." in md
 
@@ -159,7 +159,7 @@ def test_significance_against_the_best_and_a_baseline(tmp_path):
     weak_row = next(line for line in md.splitlines() if line.startswith("| Weak |"))
     assert "†" in weak_row and "‡" not in weak_row
     twin_row = next(line for line in md.splitlines() if line.startswith(f"| {twin} |"))
-    ndcg_cell = twin_row.split("|")[4]
+    ndcg_cell = twin_row.split("|")[6]  # model, family, regime, seeds, noise, ndcg@10
     assert "†" not in ndcg_cell and "‡" in ndcg_cell
     assert "## Significance (ndcg@10)" in md and "Holm" in md
     assert f"significantly different from the best model, {reference}" in md
@@ -290,3 +290,128 @@ def test_a_refresh_after_new_runs_keeps_the_baseline(tmp_path):
     # `bench leaderboard` without --baseline rebuilds without one.
     leaderboard.write(tmp_path, "d")
     assert leaderboard.written_baseline(tmp_path, "d") is None
+
+
+def _row(md: str, model: str) -> list[str]:
+    """The cells of ``model``'s row in the leaderboard table."""
+    line = next(line for line in md.splitlines() if line.startswith(f"| {model} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def _skewed_fixture(tmp_path):
+    """Skew has the baseline Ref's mean but a skewed difference to it: 45 users gain 0.02,
+    5 lose 0.18, 10 tie. The t-test sees no difference; Wilcoxon (symmetry) rejects."""
+    rng = np.random.default_rng(5)
+    ref = rng.random(60) * 0.5
+    diff = np.concatenate([np.full(45, 0.02), np.full(5, -0.18), np.zeros(10)])
+    for model, values in {"Top": ref + 0.3, "Ref": ref, "Skew": ref + diff}.items():
+        write_result(tmp_path, _result(model, 0, float(values.mean()), per_user=values))
+
+
+def test_the_t_test_decides_the_markers_unless_wilcoxon_is_asked(tmp_path):
+    _skewed_fixture(tmp_path)
+    _, md_path = leaderboard.write(tmp_path, "d", baseline="Ref")
+    sig = pd.read_csv(tmp_path / "leaderboard" / "d.significance.csv")
+    skew = sig.query("model == 'Skew' and reference == 'Ref' and metric == 'ndcg@10'")
+    skew = skew.set_index("test")
+    assert skew.loc["t", "p_value"] > 0.5 and skew.loc["wilcoxon", "p_value"] < 1e-3
+    md = md_path.read_text()
+    assert "‡" not in _row(md, "Skew")[5]  # ndcg@10: no baseline marker under the t-test
+    assert "(paired t-test on per-user values, Holm-adjusted" in md
+    assert "the paired t-test decides the markers" in md
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["statistics"]["marker_test"] == "t"
+    assert "--test" not in prov["rebuild_command"]
+
+    _, md_path = leaderboard.write(tmp_path, "d", baseline="Ref", test="wilcoxon")
+    md = md_path.read_text()
+    assert "‡" in _row(md, "Skew")[5]
+    assert "(Wilcoxon signed-rank test on per-user values, Holm-adjusted" in md
+    assert "the Wilcoxon signed-rank test decides the markers" in md
+    # The tests and their numbers are the same; only the deciding one changed.
+    again = pd.read_csv(tmp_path / "leaderboard" / "d.significance.csv")
+    pd.testing.assert_frame_equal(sig, again)
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["statistics"]["marker_test"] == "wilcoxon"
+    assert prov["rebuild_command"].endswith("--baseline Ref --test wilcoxon")
+    # A refresh after new runs keeps the test the board was built with.
+    write_result(tmp_path, _result("New", 0, 0.05))
+    leaderboard.refresh(tmp_path, "d")
+    assert leaderboard.written_test(tmp_path, "d") == "wilcoxon"
+    with pytest.raises(BenchError, match="unknown test"):
+        leaderboard.write(tmp_path, "d", test="sign")
+
+
+def test_confidence_intervals_bootstrap_the_primary_metric_and_rebuild_identically(tmp_path):
+    _significance_fixture(tmp_path)
+    csv_path, md_path = leaderboard.write(tmp_path, "d", baseline="Weak")
+    sig_path = tmp_path / "leaderboard" / "d.significance.csv"
+    first = {p: p.read_bytes() for p in (csv_path, md_path, sig_path)}
+    sig = pd.read_csv(sig_path)
+    assert dict(sig.groupby("metric")["ci_method"].unique().map(list)) == {
+        "ndcg@10": ["bootstrap"],
+        "hit@10": ["t"],
+    }
+    assert ((sig["ci_low"] <= sig["mean_diff"]) & (sig["mean_diff"] <= sig["ci_high"])).all()
+    weak = sig.query("model == 'Weak' and role == 'best' and metric == 'ndcg@10'").iloc[0]
+    assert weak["ci_high"] < 0  # Weak is 0.3 below on every user
+    md = md_path.read_text()
+    assert f"[{weak['ci_low']:+.4f}, {weak['ci_high']:+.4f}]" in md.split("## Significance")[1]
+    assert "95% CI" in md and "percentile bootstrap over users" in md
+    # A rebuild from the same runs writes the same bytes (the bootstrap seed is fixed).
+    leaderboard.write(tmp_path, "d", baseline="Weak")
+    assert {p: p.read_bytes() for p in first} == first
+
+
+def test_rows_within_seed_noise_of_a_reference_are_flagged(tmp_path):
+    for model, values in {
+        "Best": [0.30, 0.32],  # mean 0.31, std 0.014
+        "Near": [0.30, 0.31],  # 0.005 below the best: less than the best's std
+        "Far": [0.10, 0.11],
+        "Solo": [0.309],  # one seed: no std, never flagged
+    }.items():
+        for seed, value in enumerate(values):
+            write_result(tmp_path, _result(model, seed, value))
+    _, md_path = leaderboard.write(tmp_path, "d")
+    md = md_path.read_text()
+    flags = {m: _row(md, m)[4] for m in ("Best", "Near", "Far", "Solo")}
+    assert flags == {"Best": "", "Near": "≈†", "Far": "", "Solo": ""}
+    assert "A row with a single seed has no std and cannot be flagged" in md
+    # Against a baseline too; a single-seed reference leaves the row's own std as threshold.
+    _, md_path = leaderboard.write(tmp_path, "d", baseline="Solo")
+    md = md_path.read_text()
+    flags = {m: _row(md, m)[4] for m in ("Best", "Near", "Far", "Solo")}
+    assert flags == {"Best": "≈‡", "Near": "≈†‡", "Far": "", "Solo": ""}
+    assert "(≈‡: from the baseline's)" in md
+
+
+def test_the_regime_column_names_how_sequential_rows_trained(tmp_path):
+    def run(model, seed, family, regime):
+        result = _result(model, seed, 0.1 + seed / 100)
+        result["family"] = family
+        if regime is not None:
+            result["config"]["train_regime"] = regime
+        write_result(tmp_path, result)
+
+    run("Whole", 0, "sequential", "users")
+    run("Prefix", 0, "sequential", "interactions")
+    run("Default", 0, "sequential", None)  # the harness's default: interactions
+    run("Mixed", 0, "sequential", "users")
+    run("Mixed", 1, "sequential", "interactions")
+    run("Users", 0, "general", "users")  # no prefixes outside sequential models
+    csv_path, md_path = leaderboard.write(tmp_path, "d")
+    table = pd.read_csv(csv_path, keep_default_na=False).set_index("model")
+    assert table["regime"].to_dict() == {
+        "Mixed": "mixed",
+        "Whole": "whole-sequence",
+        "Prefix": "per-prefix",
+        "Default": "per-prefix",
+        "Users": "",
+    }
+    assert list(table.columns[:2]) == ["family", "regime"]
+    md = md_path.read_text()
+    assert _row(md, "Whole")[:3] == ["Whole", "sequential", "whole-sequence"]
+    assert _row(md, "Mixed")[2] == "mixed" and _row(md, "Users")[2] == ""
+    assert "`regime`: how a sequential model trained" in md
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["models"]["Mixed"]["train_regimes"] == ["users", "interactions"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -96,8 +97,9 @@ def test_report_from_real_runs(real_runs):
     assert path == real_runs / "reports" / "ml-100k" / "report.md"
     text = path.read_text()
     assert text.startswith("# Benchmark report: ml-100k")
-    assert re.search(r"\| Pop \| traditional \| 2 \| \*\*0\.\d{4} ± 0\.\d{4}\*\*", text)
-    assert re.search(r"\| BPR \| general \| 2 \| _0\.\d{4} ± 0\.\d{4}_", text)
+    # Empty regime (not sequential) and noise (BPR's gap to Pop exceeds both seed stds) cells.
+    assert re.search(r"\| Pop \| traditional \|  \| 2 \|  \| \*\*0\.\d{4} ± 0\.\d{4}\*\*", text)
+    assert re.search(r"\| BPR \| general \|  \| 2 \|  \| _0\.\d{4} ± 0\.\d{4}_", text)
     assert "## Significance (ndcg@10)" in text and "| BPR | Pop (best) | ndcg@10 | 943 |" in text
     assert "| Pop | BPR (baseline) | ndcg@10 | 943 |" in text
     assert "## Training time" in text and "## Provenance" in text
@@ -130,6 +132,31 @@ def test_cli_report_and_leaderboard_baseline(real_runs):
         app, ["report", "--dataset", "ml-100k", "--results", str(real_runs), "--baseline", "Nope"]
     )
     assert isinstance(bad.exception, BenchError) and "Nope" in str(bad.exception)
+
+
+def test_cli_test_option_picks_the_test_that_decides_the_markers(real_runs):
+    runner = CliRunner()
+    results = ["--results", str(real_runs)]
+    done = runner.invoke(app, ["leaderboard", *results, "--test", "wilcoxon"])
+    assert done.exit_code == 0, done.output
+    board = (real_runs / "leaderboard" / "ml-100k.md").read_text()
+    assert "(Wilcoxon signed-rank test on per-user values, Holm-adjusted" in board
+    report_args = ["report", "--dataset", "ml-100k", *results]
+    done = runner.invoke(app, [*report_args, "--test", "wilcoxon"])
+    assert done.exit_code == 0, done.output
+    folder = real_runs / "reports" / "ml-100k"
+    assert "the Wilcoxon signed-rank test decides the markers" in (folder / "report.md").read_text()
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["statistics"]["marker_test"] == "wilcoxon"
+    assert provenance["rebuild_command"].endswith("--test wilcoxon")
+    bad = runner.invoke(app, [*report_args, "--test", "sign"])
+    assert isinstance(bad.exception, BenchError) and "sign" in str(bad.exception)
+    # Without the option: the t-test, for the report and the leaderboard.
+    assert runner.invoke(app, report_args).exit_code == 0
+    assert "(paired t-test on per-user values" in (folder / "report.md").read_text()
+    assert runner.invoke(app, ["leaderboard", *results]).exit_code == 0
+    board = (real_runs / "leaderboard" / "ml-100k.md").read_text()
+    assert "(paired t-test on per-user values" in board
 
 
 def test_report_without_results_is_a_bench_error(tmp_path):

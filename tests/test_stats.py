@@ -94,3 +94,99 @@ def test_seed_average_per_user():
     seed1 = pd.DataFrame({"m": [0.0, 1.0]}, index=["b", "a"])  # other order, c not evaluated
     averaged = stats.average_over_seeds([seed0, seed1])
     assert averaged["m"].to_dict() == {"a": 1.0, "b": 0.0, "c": 0.5}
+
+
+def test_difference_tests_run_row_wise_and_match_the_paired_tests():
+    rng = np.random.default_rng(2)
+    a, b = rng.random((3, 80)), rng.random((3, 80))
+    a[2] = b[2]  # a row without any difference: p = 1, as in paired_tests
+    batch = stats.difference_tests(a - b)
+    for row in range(3):
+        one = stats.paired_tests(_users(a[row]), _users(b[row]))
+        assert batch["t_p"][row] == pytest.approx(one["t_p"])
+        assert batch["wilcoxon_p"][row] == pytest.approx(one["wilcoxon_p"])
+    assert batch["t_p"][2] == 1.0 and batch["wilcoxon_p"][2] == 1.0
+
+
+def test_t_interval_is_the_textbook_interval():
+    from scipy.stats import sem, t
+
+    diff = np.array([0.1, -0.2, 0.4, 0.0, 0.3, 0.05])
+    expected = t.interval(0.95, diff.size - 1, loc=diff.mean(), scale=sem(diff))
+    assert stats.t_interval(diff) == pytest.approx(expected)
+    assert np.isnan(stats.t_interval(np.array([0.5]))).all()
+    assert stats.t_interval(np.full(5, 0.2)) == pytest.approx((0.2, 0.2))
+
+
+def test_bootstrap_interval_is_seeded_and_depends_on_its_own_values_only():
+    rng = np.random.default_rng(3)
+    x, y, z = rng.normal(0.1, 1.0, 500), rng.exponential(1.0, 500), rng.normal(0, 1, 300)
+    together = stats.bootstrap_intervals([x, y, z])
+    assert together == stats.bootstrap_intervals([x, y, z])  # a rebuild: the same numbers
+    # Each interval is the same alone as beside others (same resamples per length; BLAS may
+    # sum a one-column product in another order, hence approx).
+    assert together[0] == pytest.approx(stats.bootstrap_intervals([x])[0], rel=1e-12)
+    assert together[2] == pytest.approx(stats.bootstrap_intervals([z])[0], rel=1e-12)
+    # Another seed draws other resamples.
+    assert stats.bootstrap_intervals([x], seed=1)[0] != together[0]
+    # Normal data, 500 users: the percentile interval is close to the t-interval.
+    t_low, t_high = stats.t_interval(x)
+    low, high = together[0]
+    assert low == pytest.approx(t_low, abs=0.02) and high == pytest.approx(t_high, abs=0.02)
+    # Skewed data: the interval is skewed too (longer towards the long tail).
+    low, high = together[1]
+    assert high - y.mean() > y.mean() - low
+    assert stats.bootstrap_intervals([np.full(10, 0.3), np.array([])]) == [
+        pytest.approx((0.3, 0.3)),
+        (pytest.approx(np.nan, nan_ok=True), pytest.approx(np.nan, nan_ok=True)),
+    ]
+
+
+def test_compare_bootstraps_the_asked_metric_and_t_intervals_the_others():
+    rng = np.random.default_rng(4)
+    ref = pd.DataFrame({"m": rng.random(200), "k": rng.random(200)})
+    better = ref + rng.normal(0.1, 0.05, (200, 2))
+    frames = {"ref": ref, "better": better}
+    table = stats.compare(frames, [("ref", "best")], ["m", "k"], bootstrap_metrics=["m"])
+    methods = table.groupby("metric")["ci_method"].unique()
+    assert list(methods["m"]) == ["bootstrap"] and list(methods["k"]) == ["t"]
+    m = table[table["metric"] == "m"]
+    diff = (better["m"] - ref["m"]).to_numpy()
+    assert (m["ci_low"] == stats.bootstrap_intervals([diff])[0][0]).all()
+    k = table[table["metric"] == "k"].iloc[0]
+    low, high = stats.t_interval((better["k"] - ref["k"]).to_numpy())
+    assert (k["ci_low"], k["ci_high"]) == pytest.approx((low, high))
+    assert (table["ci_low"] < table["mean_diff"]).all()
+    assert (table["mean_diff"] < table["ci_high"]).all()
+
+
+def test_an_unknown_test_is_a_bench_error():
+    from bench.errors import BenchError
+
+    assert stats.check_test("t") == "t" and stats.check_test("wilcoxon") == "wilcoxon"
+    with pytest.raises(BenchError, match="sign"):
+        stats.check_test("sign")
+
+
+def _zero_mean_skewed_differences(rng, draws: int, users: int) -> np.ndarray:
+    """Per-user differences shaped like real NDCG differences: 70% of users 0; of the others,
+    70% gain a little (exponential, mean 0.05) and 30% lose more (exponential, mean 0.35 / 3),
+    so the mean is exactly 0 (0.7 * 0.05 = 0.3 * 0.35 / 3) while the distribution is skewed."""
+    nonzero = rng.random((draws, users)) < 0.3
+    gains = rng.random((draws, users)) < 0.7
+    size = rng.exponential(1.0, (draws, users))
+    diff = np.where(gains, 0.05 * size, -(0.35 / 3) * size)
+    return np.where(nonzero, diff, 0.0)
+
+
+def test_t_test_keeps_its_level_where_wilcoxon_does_not():
+    # 2,000 draws of 1,000 users under a zero-mean null (about 0.5 s): the t-test rejects
+    # about alpha of them; Wilcoxon tests symmetry about 0, which this skewed null violates.
+    rng = np.random.default_rng(2023)
+    diff = _zero_mean_skewed_differences(rng, draws=2000, users=1000)
+    assert abs(diff.mean()) < 1e-3  # the population mean is 0
+    tests = stats.difference_tests(diff)
+    t_rate = float(np.mean(tests["t_p"] < stats.ALPHA))
+    wilcoxon_rate = float(np.mean(tests["wilcoxon_p"] < stats.ALPHA))
+    assert 0.03 <= t_rate <= 0.07, t_rate
+    assert wilcoxon_rate > 0.5, wilcoxon_rate
