@@ -1,14 +1,18 @@
 """Benchmark scripts' reports, from synthetic records (no training): the ContrastVAE side by side
-and the run-cost table."""
+and the run-cost table; benchmarks/cpu_training.py (its plan, bounds, timing, report, a tiny
+measurement of each variant, and a --quick smoke run)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +117,262 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     assert "| B | cpu (2 cores) | 1 | 1.0 | 0.2 \u2020 | 9.0 |" in text
     assert "Runs: 2 at once" in text and "'2 at once'" in text
     assert run_costs.main(["--results", str(tmp_path), "--dataset", "none"]) == 2
+
+
+# --- benchmarks/cpu_training.py ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cpu_training():
+    from benchmarks import cpu_training
+
+    return cpu_training
+
+
+def test_cpu_training_plan_and_its_filters(cpu_training):
+    jobs = cpu_training.plan_jobs(cpu_training.parse_args(["--threads", "3"]))
+    pairs = {(j["dataset"], j["model"]) for j in jobs}
+    assert len(jobs) == 2 * len(pairs) == 2 * (2 * 9 + 2)
+    assert {m for d, m in pairs if d == "ml-1m-strong"} == {"MultVAE", "HVampGated"}
+    assert ("amazon-beauty", "S3Rec") in pairs and ("amazon-beauty", "MultVAE") not in pairs
+    # ml-1m's "before" is always projected; every other job may run a whole epoch
+    projected_only = {(j["dataset"], j["variant"]) for j in jobs if not j["allow_full_epoch"]}
+    assert projected_only == {("ml-1m", "before")}
+    assert {j["threads"] for j in jobs} == {3} and {j["max_batches"] for j in jobs} == {20}
+    assert {(j["full_epoch_below"], j["data_dir"]) for j in jobs} == {(300.0, None)}
+
+    args = cpu_training.parse_args(
+        ["--models", "SASRec,MultVAE", "--datasets", "ml-1m-strong,ml-1m,ml-100k",
+         "--variants", "after", "--max-batches", "7", "--full-epoch-below", "5",
+         "--data-dir", "/d", "--cache-dir", "/c"]
+    )  # fmt: skip
+    jobs = cpu_training.plan_jobs(args)
+    assert [(j["dataset"], j["model"], j["variant"]) for j in jobs] == [
+        ("ml-1m-strong", "MultVAE", "after"),
+        ("ml-1m", "SASRec", "after"),
+        ("ml-100k", "SASRec", "after"),  # a dataset outside the plan runs every model asked
+        ("ml-100k", "MultVAE", "after"),
+    ]
+    assert {j["max_batches"] for j in jobs} == {7} and {j["full_epoch_below"] for j in jobs} == {5}
+    assert {(j["data_dir"], j["cache_dir"]) for j in jobs} == {("/d", "/c")}
+
+    quick = cpu_training.parse_args(["--quick"])
+    jobs = cpu_training.plan_jobs(quick)
+    assert {j["dataset"] for j in jobs} == {"ml-100k"} and quick.max_batches == 3
+    assert [j["model"] for j in jobs] == [m for m in cpu_training.QUICK["models"] for _ in "ab"]
+    assert cpu_training.parse_args([]).threads == cpu_training.usable_cores()
+    with pytest.raises(SystemExit):
+        cpu_training.plan_jobs(cpu_training.parse_args(["--variants", "sideways"]))
+
+
+def test_cpu_training_flop_bounds(cpu_training):
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    ct = cpu_training
+    lengths = np.array([2, 3])
+    # n (4H^2 + 2 H inner) summed: (16 + 16) * 5; causal attention H n (n + 1): 2 * (6 + 12)
+    assert ct.transformer_macs(lengths, 2, 4, 1, causal=True) == 160 + 36
+    assert ct.transformer_macs(lengths, 2, 4, 3, causal=False) == 3 * (160 + 2 * 2 * 13)
+
+    config = {"hidden_size": 2, "inner_size": 4, "n_layers": 1, "loss_type": "CE"}
+    data = ct.TrainingData(rows=2, batches=1, n_users=3, n_items=10, lengths=lengths, max_length=3)
+    whole = ct.flop_bound("SASRec", SimpleNamespace(n_items=10, whole_sequence=True), config, data)
+    assert whole["macs_terms"] == {"encoder": 196.0, "output": 5 * 2 * 10.0}  # every position
+    assert whole["flops"] == whole["macs"] * 6
+    prefix = ct.flop_bound("SASRec", SimpleNamespace(n_items=10), config, data)
+    assert prefix["macs_terms"]["output"] == 2 * 2 * 10  # the last position of each row
+    sampled = ct.flop_bound(
+        "SASRec", SimpleNamespace(n_items=10), {**config, "sampled_negatives": 3}, data
+    )
+    assert sampled["macs_terms"]["output"] == 2 * 2 * (1 + 3)
+    # BERT4Rec under whole sequences encodes window + next item, at most max_length (3, 3)
+    bert = {**config, "mask_ratio": 0.5, "ft_ratio": 0.0}
+    cloze = ct.flop_bound("BERT4Rec", SimpleNamespace(n_items=10, whole_sequence=True), bert, data)
+    assert cloze["macs_terms"]["encoder"] == ct.transformer_macs(
+        np.array([3, 3]), 2, 4, 1, causal=False
+    )
+    assert cloze["macs_terms"]["output"] == 0.5 * 6 * (4 + 20)
+
+    graph = ct.TrainingData(rows=5, batches=3, n_users=4, n_items=6, interactions=10)
+    light = ct.flop_bound("LightGCN", None, {"embedding_size": 4, "n_layers": 2}, graph)
+    assert light["macs_terms"] == {"propagation": 3 * 2 * 20 * 4.0, "scores": 5 * 2 * 4.0}
+
+    class Vae(nn.Module):
+        def __init__(self, prior: bool) -> None:
+            super().__init__()
+            self.n_items = 10
+            self.q_z_layers = nn.Sequential(nn.Linear(10, 3))
+            self.q_z_mean, self.q_z_logvar = nn.Linear(3, 2), nn.Linear(3, 2)
+            self.p_x = nn.Linear(2, 10)
+            if prior:
+                self.pseudo_inputs = SimpleNamespace(n_components=4)
+
+    users = ct.TrainingData(rows=2, batches=1, n_users=3, n_items=10, row_nnz=7)
+    plain = ct.flop_bound("MultVAE", Vae(prior=False), {}, users)
+    # the input layer on the users' 7 non-zeros, the others dense for each of the 2 users
+    assert plain["macs_terms"] == {"input_layers": 7 * 3.0, "dense_layers": 2 * (6 + 6 + 20.0)}
+    vamp = ct.flop_bound("HVampGated", Vae(prior=True), {}, users)
+    assert vamp["macs_terms"]["vamp_prior"] == 1 * 4 * (30 + 6 + 6) + 2 * 2 * 4 * 2
+    assert ct.flop_bound("Pop", None, {}, users) is None
+
+
+class _EpochCounter:
+    """A trainer whose epoch trains on every batch the loader yields."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def _train_epoch(self, loader, epoch):
+        self.epochs.append(sum(1 for _ in loader))
+
+
+def test_cpu_training_times_batches_and_projects_the_epoch(cpu_training):
+    batches = [{"item_id_list": np.zeros((4, 5 + i % 2))} for i in range(12)]
+    trainer = _EpochCounter()
+    timed = cpu_training.time_training(trainer, batches, 3, 2, 0.0, True, "item_id_list")
+    assert trainer.epochs == [5]  # the warm-up and the timed batches only: no whole epoch
+    assert timed["projected"] and timed["timed_batches"] == 3 and timed["warmup_batches"] == 2
+    assert len(timed["batch_seconds"]) == 5 and timed["batch_widths"] == [5, 6]
+    assert timed["seconds_per_batch"] == pytest.approx(sum(timed["batch_seconds"][2:]) / 3)
+    assert timed["epoch_seconds"] == pytest.approx(timed["seconds_per_batch"] * 12)
+
+    trainer = _EpochCounter()
+    whole = cpu_training.time_training(trainer, batches, 3, 2, 1e9, True)
+    assert trainer.epochs == [5, 12] and not whole["projected"]
+    assert whole["epoch_seconds"] == whole["whole_epoch_seconds"] > 0
+
+    trainer = _EpochCounter()  # a (dataset, variant) that is always projected
+    assert cpu_training.time_training(trainer, batches, 3, 2, 1e9, False)["projected"]
+    assert trainer.epochs == [5]
+
+
+def _measure_job(data_dir, tmp_path, model: str, variant: str) -> dict:
+    return {
+        "kind": "measure", "dataset": "tiny", "model": model, "variant": variant,
+        "max_batches": 2, "warmup_batches": 1, "full_epoch_below": 0.0,
+        "allow_full_epoch": True, "threads": 1, "data_dir": str(data_dir),
+        "cache_dir": str(tmp_path / "cache"), "settings": {**TINY, "train_batch_size": 16},
+    }  # fmt: skip
+
+
+def test_cpu_training_before_is_recboles_path(cpu_training, tiny_sequences, tmp_path):
+    from recbole_ext import registry
+
+    before = cpu_training.measure(_measure_job(tiny_sequences, tmp_path, "SASRec", "before"))
+    (phase,) = before["phases"]
+    assert phase["model_class"].startswith("recbole.model.sequential_recommender.")
+    assert phase["train_regime"] == "interactions" and not phase["fast_evaluation"]
+    assert phase["loader"] == "TrainDataLoader" and not phase["bucketed"]
+    assert phase["train"]["batch_widths"] == [TINY["MAX_ITEM_LIST_LENGTH"]]  # no trimming
+    assert phase["validation"]["users"] == 40 and phase["train"]["memory"]["peak_mib"] > 0
+    assert phase["bound"]["macs_terms"]["output"] == phase["data"]["rows"] * 8 * 31
+
+    after = cpu_training.measure(_measure_job(tiny_sequences, tmp_path, "SASRec", "after"))
+    (phase,) = after["phases"]
+    cls = registry.get("SASRec").cls
+    assert phase["model_class"] == f"{cls.__module__}.{cls.__qualname__}"
+    assert phase["fast_evaluation"] and phase["loader"] == "LengthBucketedBatches"
+    assert after["dataset_cached"]  # the second build read the cache the first one wrote
+
+
+@pytest.mark.parametrize("model", ["BERT4Rec", "S3Rec"])
+def test_cpu_training_before_runs_per_prefix(cpu_training, tiny_sequences, tmp_path, model):
+    # BERT4Rec's before is RecBole's class, which needs RecBole's masking transform in the
+    # loaders; S3Rec's stays ours (RecBole's needs item attributes the data lack).
+    result = cpu_training.measure(_measure_job(tiny_sequences, tmp_path, model, "before"))
+    for phase in result["phases"]:
+        assert phase["train_regime"] == "interactions" and not phase["whole_sequence"]
+        assert phase["model_class"].startswith(
+            "recbole.model." if model == "BERT4Rec" else "recbole_ext.models."
+        )
+        assert phase["train"]["batch_widths"] == [TINY["MAX_ITEM_LIST_LENGTH"]]
+    assert [p["stage"] for p in result["phases"]] == (
+        [None] if model == "BERT4Rec" else ["pretrain", "finetune"]
+    )
+
+
+def test_cpu_training_times_both_stages_of_s3rec(cpu_training, tiny_sequences, tmp_path):
+    result = cpu_training.measure(_measure_job(tiny_sequences, tmp_path, "S3Rec", "after"))
+    pretrain, finetune = result["phases"]
+    assert pretrain["stage"] == "pretrain" and pretrain["validation"] is None
+    assert finetune["stage"] == "finetune" and finetune["validation"]["seconds"] > 0
+    assert set(pretrain["bound"]["macs_terms"]) == {"encoder", "mip", "sp"}
+    assert pretrain["train"]["timed_batches"] == finetune["train"]["timed_batches"] == 2
+
+
+def _phase(epoch_s: float, valid_s: float | None, projected: bool, flops: float) -> dict:
+    return {
+        "stage": None,
+        "train": {"batches": 100, "epoch_seconds": epoch_s, "projected": projected,
+                  "memory": {"peak_mib": 900.0}},
+        "validation": None if valid_s is None else {"seconds": valid_s,
+                                                    "memory": {"peak_mib": 800.0}},
+        "bound": {"flops": flops, "macs": flops / 6, "macs_terms": {}, "formula": "SASRec"},
+    }  # fmt: skip
+
+
+def test_cpu_training_report_speedups_ratios_and_failures(cpu_training, tmp_path):
+    def fake_spawn(job, time_limit):
+        if job["kind"] == "matmul":
+            return {"status": "ok", "gflops": [10.0, 20.0, 30.0], "size": 64, "machine": {}}
+        if job["model"] == "GRU4Rec":
+            return {"status": "timed out", "error": f"timed out after {time_limit:g} s"}
+        if job["model"] == "NARM" and job["variant"] == "after":
+            return {"status": "failed", "error": "ValueError: boom"}
+        epoch = 40.0 if job["variant"] == "before" else 4.0
+        return {"status": "ok", "notes": [], "phases": [_phase(epoch, 2.0, epoch > 10, 2e11)]}
+
+    args = cpu_training.parse_args(
+        ["--datasets", "ml-1m", "--models", "SASRec,GRU4Rec,NARM", "--out", str(tmp_path),
+         "--time-limit", "9", "--threads", "2"]
+    )  # fmt: skip
+    report = cpu_training.run(args, "python benchmarks/cpu_training.py --x", fake_spawn)
+    assert report["matmul"]["median_gflops"] == 20.0 and len(report["matmul"]["probes"]) == 2
+    rows = {(r["model"], r["variant"]): r for r in report["rows"]}
+    after = rows[("SASRec", "after")]
+    assert after["speedup_epoch"] == 10.0 and after["speedup_validation"] == 1.0
+    assert after["ratio_to_bound"] == pytest.approx(4.0 / (2e11 / 20e9))
+    assert "speedup_epoch" not in rows[("NARM", "before")]  # its after failed
+    assert rows[("GRU4Rec", "after")]["status"] == "timed out"
+
+    saved = json.loads((tmp_path / "cpu_training.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    text = (tmp_path / "cpu_training.md").read_text()
+    assert text.splitlines()[2] == "    python benchmarks/cpu_training.py --x"
+    assert "## ml-1m" in text and "**20.0 GFLOP/s**" in text
+    assert "| SASRec | before | 100 | 40.00 P | 2.00 | 900 / 800 | 200.0 | 4.0 |  |" in text
+    after_line = "| SASRec | after | 100 | 4.00 | 2.00 | 900 / 800 | 200.0 | 0.4 | 10.00x / 1.00x |"
+    assert after_line in text
+    assert "timed out: timed out after 9 s" in text and "failed: ValueError: boom" in text
+    assert "**LightGCN**: per batch" in text and "3 job(s) did not finish" in text
+
+
+def test_cpu_training_worker_records_a_crash_and_the_parent_a_hang(cpu_training, tmp_path):
+    job_file = tmp_path / "job.json"
+    result = tmp_path / "result.json"
+    bad = {"kind": "measure", "dataset": "ml-100k", "model": "NoSuchModel", "variant": "after",
+           "threads": 1, "cache_dir": str(tmp_path), "result": str(result)}  # fmt: skip
+    job_file.write_text(json.dumps(bad))
+    assert cpu_training.run_worker(job_file) == 0
+    recorded = json.loads(result.read_text())
+    assert recorded["status"] == "failed" and "NoSuchModel" in recorded["error"]
+    assert recorded["machine"]["threads"] == 1
+
+    hung = cpu_training.spawn({**bad, "kind": "matmul", "size": 8, "repeats": 1}, 0.05)
+    assert hung["status"] == "timed out" and hung["wall_seconds"] < 30
+
+
+@pytest.mark.slow
+def test_cpu_training_quick_smoke_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/cpu_training.py", "--quick", "--models", "SASRec",
+         "--threads", "1", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "cpu_training.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"before", "after"} and report["matmul"]["median_gflops"] > 0
+    assert rows["before"]["train"]["projected"]  # a per-prefix epoch: 380 batches
+    assert rows["after"]["speedup_epoch"] > 0 and rows["after"]["ratio_to_bound"] > 0
+    assert report["settings"]["quick"] and "--quick" in report["command"]

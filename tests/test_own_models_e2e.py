@@ -11,6 +11,7 @@ from recbole_ext import registry
 
 CHEAP = {"epochs": 1, "train_sample_limit": 2000, "eval_user_limit": 100}
 SEQ = {"hidden_size": 8, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 512}
+RNN = {"MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 512}
 VAE = {"mlp_hidden_size": [16], "latent_dimension": 8, "train_batch_size": 200}
 VAMP = {"hidden_size": 16, "z1_size": 8, "number_components": 10, "train_batch_size": 200}
 
@@ -29,6 +30,13 @@ SETTINGS = {
     "HVamp": {**VAMP, "z2_size": 8},
     "HVampGated": {**VAMP, "z2_size": 8},
     "S3Rec": {**SEQ, "n_layers": 1, "pretrain_epochs": 1},
+    # RecBole's models subclassed here (whole sequences, CSR propagation).
+    "SASRec": {**SEQ, "n_layers": 1},
+    "BERT4Rec": {**SEQ, "n_layers": 1},
+    "GRU4Rec": {"embedding_size": 8, "hidden_size": 8, **RNN},
+    "NARM": {"embedding_size": 8, "hidden_size": 8, **RNN},
+    "LightGCN": {"embedding_size": 8, "n_layers": 1, "train_batch_size": 512},
+    "NGCF": {"embedding_size": 8, "hidden_size_list": [8], "train_batch_size": 512},
 }
 
 

@@ -12,8 +12,8 @@ from recbole_ext import registry
 
 
 def test_builtins_resolve_case_insensitively():
-    spec = registry.get("sasrec")
-    assert spec.name == "SASRec" and spec.source == "recbole" and spec.family == "sequential"
+    spec = registry.get("fpmc")
+    assert spec.name == "FPMC" and spec.source == "recbole" and spec.family == "sequential"
     assert registry.get("Pop").family == "traditional"
     assert registry.get("BPR").family == "general"
 
