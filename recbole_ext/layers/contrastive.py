@@ -87,12 +87,17 @@ def augment_sequences(
     crop_eta: float = 0.6,
     mask_gamma: float = 0.3,
     reorder_beta: float = 0.6,
+    width: int | None = None,
 ) -> AugmentedBatch:
     """Apply one operation drawn uniformly from ``operations`` to each sequence.
 
     - crop: keep a random contiguous ``max(1, floor(eta n))`` items, moved to the front;
     - mask: replace ``floor(gamma n)`` random items by ``mask_token``;
     - reorder: shuffle a random contiguous window of ``floor(beta n)`` items.
+
+    ``width`` (e.g. the maximum sequence length): draw the per-position random numbers for this
+    many columns and use the first ``L``, so that a batch padded only to its own longest sequence
+    gets the same augmentations, under the same seed, as the same batch padded to ``width``.
     """
     unknown = set(operations) - set(AUGMENTATIONS)
     if unknown or not operations:
@@ -102,6 +107,11 @@ def augment_sequences(
     lengths = item_len.clamp(min=1)
     positions = torch.arange(length, device=device).unsqueeze(0)
     full = _with_target(item_seq, lengths, pos_items)
+    draw_width = max(width or length, length)
+
+    def per_position_uniform() -> torch.Tensor:
+        return torch.rand(batch, draw_width, device=device)[:, :length]
+
     choice = torch.randint(len(operations), (batch,), device=device)
     # src[b, t]: the original position shown at augmented position t.
     src = positions.expand(batch, length).clone()
@@ -118,18 +128,17 @@ def augment_sequences(
             new_len = torch.where(rows, keep, new_len)
         elif op == "mask":
             n_mask = (lengths * mask_gamma).floor().long()
-            noise = torch.rand(batch, length, device=device)
-            noise = noise.masked_fill(positions >= lengths.unsqueeze(1), 2.0)
+            noise = per_position_uniform().masked_fill(positions >= lengths.unsqueeze(1), 2.0)
             rank = noise.argsort(dim=1).argsort(dim=1)
             masked |= rows.unsqueeze(1) & (rank < n_mask.unsqueeze(1))
         else:  # reorder
-            width = (lengths * reorder_beta).floor().long()
-            start = (torch.rand(batch, device=device) * (lengths - width + 1)).floor().long()
-            inside = (positions >= start.unsqueeze(1)) & (positions < (start + width).unsqueeze(1))
+            window = (lengths * reorder_beta).floor().long()
+            start = (torch.rand(batch, device=device) * (lengths - window + 1)).floor().long()
+            inside = (positions >= start.unsqueeze(1)) & (positions < (start + window).unsqueeze(1))
             # Sort keys: outside the window its own index; inside, a random point of the window.
             key = torch.where(
                 inside,
-                start.unsqueeze(1) + torch.rand(batch, length, device=device) * width.unsqueeze(1),
+                start.unsqueeze(1) + per_position_uniform() * window.unsqueeze(1),
                 positions.float(),
             )
             src = torch.where(rows.unsqueeze(1), key.argsort(dim=1), src)

@@ -1,5 +1,7 @@
 """Latent-variable helpers for sequential VAEs: reparameterised samples, KL terms, annealing,
-the variational-dropout prior penalty and the per-position reconstruction loss."""
+the variational-dropout prior penalty, the per-position reconstruction loss and its negative
+samplers (:func:`sample_negatives`: any item but the target; :func:`sample_negatives_outside`:
+any item outside a given set, such as the user's sequence)."""
 
 from __future__ import annotations
 
@@ -80,17 +82,55 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
+def sample_negatives(target: torch.Tensor, n_items: int) -> torch.Tensor:
+    """One negative per entry of ``target``: uniform over items ``1 .. n_items - 1`` other than
+    that target."""
+    negative = torch.randint(1, n_items, target.shape, device=target.device)
+    # A draw equal to the target moves to the next id (cyclically over 1 .. n_items - 1).
+    return torch.where(negative == target, negative % (n_items - 1) + 1, negative)
+
+
+def sample_negatives_outside(
+    exclude: torch.Tensor, n_items: int, count: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``[B, count]`` negatives, each uniform over the items ``1 .. n_items - 1`` that are not in
+    its row of ``exclude`` ``[B, K]`` (ids outside ``1 .. n_items - 1``, such as the padding 0,
+    and repeats are ignored). Every row must leave at least one item.
+
+    Exact and loop-free: the r-th allowed item (0-based) is ``r + 1`` plus the number of excluded
+    items below it, and excluded item ``e_j`` (the j-th smallest, 0-based) is below it exactly
+    when ``e_j - 1 - j`` (the allowed items below ``e_j``) is at most r.
+    """
+    batch, width = exclude.shape
+    device = exclude.device
+    ids = exclude.sort(dim=1).values
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+    dropped = repeat | (ids < 1) | (ids >= n_items)
+    # The distinct excluded ids first, ascending; the dropped entries after them.
+    ids = ids.masked_fill(dropped, n_items).sort(dim=1).values
+    kept = ids < n_items
+    allowed_below = ids - 1 - torch.arange(width, device=device)
+    allowed_below = allowed_below.masked_fill(~kept, n_items + width)  # never counted
+    n_allowed = (n_items - 1 - kept.sum(dim=1)).unsqueeze(1)
+    uniform = torch.rand(batch, count, generator=generator, device=device, dtype=torch.float64)
+    rank = (uniform * n_allowed).long().clamp(max=n_allowed - 1)
+    return rank + 1 + torch.searchsorted(allowed_below, rank, right=True)
+
+
 def reconstruction_loss(
     output: torch.Tensor,
     targets: torch.Tensor,
     valid: torch.Tensor,
     item_weight: torch.Tensor,
     kind: str = "bce",
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-item loss over the real positions of ``output`` ``[B, L, H]``.
 
-    ``bce``: SASRec's binary cross-entropy with one uniformly sampled negative item per position
-    (never the position's own target); ``ce``: softmax cross-entropy over all items.
+    ``bce``: SASRec's binary cross-entropy with one negative item per position: ``negatives``
+    ``[N]`` (one per real position, in the row-major order of ``valid``) if given, else drawn by
+    :func:`sample_negatives`; ``ce``: softmax cross-entropy over all items.
     ``item_weight`` ``[n_items, H]`` is the (tied) item embedding table, row 0 the padding.
     """
     hidden = output[valid]  # only real positions: the mean Beauty sequence is ~6 of 50
@@ -100,9 +140,7 @@ def reconstruction_loss(
         return F.cross_entropy(hidden @ item_weight.T, target)
     if kind != "bce":
         raise ValueError(f"rec_loss must be 'bce' or 'ce', not {kind!r}")
-    negative = torch.randint(1, n_items, target.shape, device=target.device)
-    # A draw equal to the target moves to the next id (cyclically over 1 .. n_items - 1).
-    negative = torch.where(negative == target, negative % (n_items - 1) + 1, negative)
+    negative = sample_negatives(target, n_items) if negatives is None else negatives
     pos_logit = (hidden * item_weight[target]).sum(-1)
     neg_logit = (hidden * item_weight[negative]).sum(-1)
     return -(F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit)).mean()

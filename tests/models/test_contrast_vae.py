@@ -1,14 +1,21 @@
 """ContrastVAE: every variant trains, loss terms, KL annealing, causality, padding, seeds,
-evaluation consistency and the official-code switches."""
+evaluation consistency, the official-code switches and their ``official: true`` preset, and the
+same loss on trimmed batches."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_ext.models.contrast_vae import ContrastVAE
+from bench import configs
+from recbole_ext.layers.contrastive import augment_sequences, info_nce
+from recbole_ext.layers.latent import gaussian_kl, masked_mean, sample_negatives_outside
+from recbole_ext.models import contrast_vae
+from recbole_ext.models.contrast_vae import OFFICIAL_SWITCHES, ContrastVAE
 from tests.helpers import ROOT, make_model, sequential_setup, train_steps
 
 YAML = str(ROOT / "configs/models/ContrastVAE.yaml")
@@ -151,3 +158,294 @@ def test_official_switches(setup):
     model = make(setup, augmentation="da", da_operations=["reorder"], da_targets="original")
     losses, _ = train_steps(model, batch_of(setup), 3)
     assert np.isfinite(losses).all()
+
+
+# --- the official preset ----------------------------------------------------------------------
+OFFICIAL_ATTRIBUTES = {
+    "share_encoder_pass": False,
+    "da_operations": ["reorder"],
+    "da_targets": "original",
+    "first_branch_mu_plus_sigma": True,
+    "history_score_zero": True,
+    "kl_over_padding": True,
+    "contrast_over_padding": True,
+    "align_positions_right": True,
+    "negatives_outside_sequence": True,
+}
+
+
+def test_shipped_yaml_leaves_every_switch_to_the_preset():
+    keys = configs.load_yaml(YAML)
+    assert set(OFFICIAL_SWITCHES) == set(OFFICIAL_ATTRIBUTES)
+    assert all(keys[k] is None for k in OFFICIAL_SWITCHES)
+    assert keys["official"] is False
+
+
+def test_unset_switches_are_the_principled_defaults_recorded_in_the_config(setup):
+    model = make(setup)
+    for key, (default, official) in OFFICIAL_SWITCHES.items():
+        assert setup[0][key] == default != official
+        assert getattr(model, key) == default
+
+
+def test_official_preset_turns_on_every_official_behaviour(setup):
+    model = make(setup, official=True)
+    for key, value in OFFICIAL_ATTRIBUTES.items():
+        assert getattr(model, key) == value, key
+        assert setup[0][key] == value, key  # the run records the effective values
+
+
+def test_an_explicit_switch_beats_the_preset(setup):
+    model = make(setup, official=True, kl_over_padding=False, da_operations=["crop"])
+    assert not model.kl_over_padding and model.da_operations == ["crop"]
+    assert model.align_positions_right and model.contrast_over_padding
+    assert setup[0]["kl_over_padding"] is False
+    model = make(setup, official=False, negatives_outside_sequence=True)
+    assert model.negatives_outside_sequence and not model.kl_over_padding
+    assert setup[0]["negatives_outside_sequence"] is True
+
+
+# --- trimmed batches --------------------------------------------------------------------------
+def _trimmed(interaction: Interaction) -> Interaction:
+    """The batch padded only to its own longest sequence."""
+    width = int(interaction["item_length"].max())
+    return Interaction(
+        {
+            k: v[:, :width] if k.endswith("_list") and v.dim() == 2 else v
+            for k, v in interaction.interaction.items()
+        }
+    )
+
+
+@pytest.mark.parametrize("official", [False, True], ids=["principled", "official"])
+@pytest.mark.parametrize("augmentation", ["vanilla", "ma", "da", "va"])
+def test_same_loss_on_a_batch_trimmed_to_its_longest_sequence(setup, augmentation, official):
+    assert ContrastVAE.accepts_trimmed_batches
+    # Evaluation mode: no hidden dropout (its masks follow the width); every other draw is made
+    # per real position or for max_seq_length columns, so the seed replays it.
+    model = make(setup, augmentation=augmentation, official=official).eval()
+    model.anneal_step.fill_(1)  # a non-zero KL weight
+    full = batch_of(setup)
+    trimmed = _trimmed(full)
+    assert trimmed["item_id_list"].shape[1] < full["item_id_list"].shape[1]
+    terms = []
+    for batch in (full, trimmed):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.calculate_loss(batch)
+        terms.append(model.last_loss_terms)
+    assert terms[0].keys() == terms[1].keys()
+    for name in terms[0]:
+        assert terms[1][name] == pytest.approx(terms[0][name], rel=1e-5, abs=1e-6), name
+    with torch.no_grad():
+        scores = [model.full_sort_predict(batch) for batch in (full, trimmed)]
+    torch.testing.assert_close(scores[1], scores[0])
+
+
+def test_augmentations_do_not_depend_on_the_batch_width():
+    seq = torch.tensor([[1, 2, 3, 4, 5, 0, 0, 0], [6, 7, 8, 0, 0, 0, 0, 0]])
+    lens, pos = torch.tensor([5, 3]), torch.tensor([9, 10])
+    for ops in (["crop"], ["mask"], ["reorder"], ["crop", "mask", "reorder"]):
+        torch.manual_seed(3)
+        full = augment_sequences(seq, lens, pos, ops, mask_token=11, width=8)
+        torch.manual_seed(3)
+        cut = augment_sequences(seq[:, :5], lens, pos, ops, mask_token=11, width=8)
+        assert torch.equal(full.items[:, :5], cut.items) and not full.items[:, 5:].any()
+        assert torch.equal(full.targets[:, :5], cut.targets)
+        assert torch.equal(full.lengths, cut.lengths)
+
+
+# --- each official switch does what it says ---------------------------------------------------
+def _reference_left_padded_encoder(model: ContrastVAE, encoder, items, lengths) -> torch.Tensor:
+    """The official computation, written out: each sequence left-padded to max_seq_length,
+    positions 0 .. L - 1, and attention scores plus -10000 where the key is padding or in the
+    future (a padding query then attends to every position alike)."""
+    width = model.max_seq_length
+    left = torch.zeros(len(items), width, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        left[row, width - n :] = items[row, :n]
+    x = model.embedding_norm(model.item_embedding(left) + model.position_embedding.weight)
+    visible = torch.ones(width, width).tril().bool() & (left > 0).unsqueeze(1)
+    additive = torch.where(visible, 0.0, -10000.0).unsqueeze(1)
+    for block in encoder.layers:
+        att = block.attention
+        heads = att.n_heads
+        q, k, v = (
+            t.view(len(x), width, heads, -1).transpose(1, 2) for t in att.qkv(x).chunk(3, dim=-1)
+        )
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + additive
+        context = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = block.feed_forward(att.norm(x + att.out(context)))
+    return x
+
+
+def _padded_latents(model: ContrastVAE, batch: Interaction):
+    seq, lens = batch["item_id_list"], batch["item_length"]
+    view = model.view(seq, lens, torch.zeros_like(seq), padded=True)
+    mu, logvar = model.encode(view.items, view.positions, view.mask)
+    return view, mu, logvar
+
+
+def test_padded_layout_is_the_official_left_padding(setup):
+    model = make(setup, kl_over_padding=True, align_positions_right=True).eval()
+    batch = batch_of(setup)
+    seq, lens = batch["item_id_list"], batch["item_length"]
+    with torch.no_grad():
+        view, mu, logvar = _padded_latents(model, batch)
+        assert view.items.shape == (len(seq), model.max_seq_length)
+        expected_mu = _reference_left_padded_encoder(model, model.encoder_mu, seq, lens)
+        expected_logvar = _reference_left_padded_encoder(model, model.encoder_logvar, seq, lens)
+    torch.testing.assert_close(mu, expected_mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logvar, expected_logvar, atol=1e-5, rtol=1e-5)
+    # The padding positions' latents are computed, not zero.
+    assert mu[~view.valid].abs().sum(dim=-1).min() > 0
+
+
+def test_kl_over_padding_averages_over_all_max_length_positions(setup):
+    batch = batch_of(setup)
+    model = make(setup, augmentation="vanilla", kl_over_padding=True).eval()
+    with torch.no_grad():
+        model.calculate_loss(batch)
+        view, mu, logvar = _padded_latents(model, batch)
+    per_position = gaussian_kl(mu, logvar)
+    assert per_position.shape == (len(mu), model.max_seq_length)
+    assert model.last_loss_terms["kl1"] == pytest.approx(per_position.mean().item(), rel=1e-5)
+    assert model.last_loss_terms["kl1"] != pytest.approx(
+        per_position[view.valid].mean().item(), rel=1e-3
+    )
+    # Off: the mean over the real positions of the batch as it comes.
+    model = make(setup, augmentation="vanilla").eval()
+    seq, lens = batch["item_id_list"], batch["item_length"]
+    with torch.no_grad():
+        model.calculate_loss(batch)
+        mu, logvar = model.encode(seq)
+    valid = torch.arange(seq.shape[1]) < lens.unsqueeze(1)
+    expected = masked_mean(gaussian_kl(mu, logvar), valid).item()
+    assert model.last_loss_terms["kl1"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrast_over_padding_sums_the_latents_of_all_positions(setup):
+    batch = batch_of(setup)
+    # Deterministic views (z = mu + sigma in both branches), so that the user vectors are known.
+    fixed = {"augmentation": "ma", "first_branch_mu_plus_sigma": True, "reparam_dropout": 0.0}
+    model = make(setup, contrast_over_padding=True, **fixed).eval()
+    with torch.no_grad():
+        model.calculate_loss(batch)
+        view, mu, logvar = _padded_latents(model, batch)
+    z = mu + torch.exp(0.5 * logvar)
+    everywhere = info_nce(z.sum(dim=1), z.sum(dim=1), model.temperature).item()
+    real = (z * view.valid.unsqueeze(-1)).sum(dim=1)
+    real_only = info_nce(real, real, model.temperature).item()
+    assert model.last_loss_terms["contrastive"] == pytest.approx(everywhere, rel=1e-5)
+    assert everywhere != pytest.approx(real_only, rel=1e-3)
+    model = make(setup, **fixed).eval()
+    with torch.no_grad():
+        model.calculate_loss(batch)
+    assert model.last_loss_terms["contrastive"] == pytest.approx(real_only, rel=1e-4)
+
+
+def test_align_positions_right_gives_the_most_recent_item_the_last_position(setup):
+    interaction = next(iter(setup[2]))[0]
+    seq, lens = interaction["item_id_list"], interaction["item_length"]
+    outputs = {}
+    for align in (False, True):
+        model = make(setup, align_positions_right=align).eval()
+        with torch.no_grad():
+            outputs[align] = model(seq, lens)
+            # Each sequence alone, unpadded, with the positions it should get.
+            for row, n in enumerate(lens.tolist()):
+                start = model.max_seq_length - n if align else 0
+                positions = torch.arange(start, start + n)
+                emb = model.embed(seq[row : row + 1, :n], positions)
+                expected = model.decoder(model.encoder_mu(emb))[0, -1]
+                torch.testing.assert_close(outputs[align][row], expected)
+    assert not torch.allclose(outputs[False], outputs[True])
+
+
+def test_align_positions_right_in_the_loss(setup):
+    """The training loss reads the aligned positions too (vanilla, softmax loss, no KL)."""
+    model = make(
+        setup, augmentation="vanilla", rec_loss="ce", anneal_cap=0.0, align_positions_right=True
+    ).eval()
+    seq = torch.tensor([[1, 2, 3, 4, 0, 0, 0, 0, 0, 0]])
+    inter = Interaction(
+        {"item_id_list": seq, "item_length": torch.tensor([4]), "item_id": torch.tensor([5])}
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        loss = model.calculate_loss(inter)
+        torch.manual_seed(0)
+        mu, logvar = model.encode(seq[:, :4], torch.arange(6, 10))
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = model.decoder(z)[0] @ model.item_weight.T
+        expected = torch.nn.functional.cross_entropy(logits, torch.tensor([2, 3, 4, 5]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_negatives_outside_sequence_are_shared_and_outside_the_row(setup, monkeypatch):
+    captured = []
+    reconstruction = contrast_vae.reconstruction_loss
+
+    def spy(*args, negatives=None, **kwargs):
+        captured.append(negatives)
+        return reconstruction(*args, negatives=negatives, **kwargs)
+
+    monkeypatch.setattr(contrast_vae, "reconstruction_loss", spy)
+    batch = batch_of(setup)
+    seq, lens, pos = batch["item_id_list"], batch["item_length"], batch["item_id"]
+    model = make(setup, negatives_outside_sequence=True)
+    model.calculate_loss(batch)
+    first, second = captured
+    assert first is not None and torch.equal(first, second)  # one draw for both branches
+    valid = torch.arange(seq.shape[1]) < lens.unsqueeze(1)
+    row_of = torch.arange(len(seq)).unsqueeze(1).expand_as(seq)[valid]
+    seen = torch.cat([seq, pos.unsqueeze(1)], dim=1)[row_of]
+    assert len(first) == int(valid.sum())
+    assert ((first >= 1) & (first < model.n_items)).all()
+    assert not (seen == first.unsqueeze(1)).any()
+    # Off: each branch's loss draws its own (any item but the target).
+    captured.clear()
+    make(setup).calculate_loss(batch)
+    assert captured == [None, None]
+
+
+def test_sample_negatives_outside_is_uniform_over_the_other_items():
+    exclude = torch.tensor([[3, 5, 5, 0, 9], [0, 0, 0, 0, 0], [1, 2, 3, 4, 6]])
+    allowed = [{1, 2, 4, 6, 7}, set(range(1, 8)), {5, 7}]  # ids 1 .. 7; 9 is no item
+    draws = sample_negatives_outside(exclude, 8, 20000, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 20000)
+    for row, items in enumerate(allowed):
+        values, counts = draws[row].unique(return_counts=True)
+        assert set(values.tolist()) == items
+        assert (counts / 20000 - 1 / len(items)).abs().max() < 0.02
+
+
+def test_a_run_records_the_effective_switches(tmp_path):
+    """Through ``bench run``: the preset from ``--set``, a switch from a ``--config`` file beating
+    it, and the run's recorded config holding every effective value."""
+    from bench import api
+
+    user_yaml = tmp_path / "mine.yaml"
+    user_yaml.write_text("kl_over_padding: false\n")
+    settings = {
+        "epochs": 1,
+        "train_sample_limit": 500,
+        "eval_user_limit": 50,
+        "hidden_size": 8,
+        "inner_size": 16,
+        "n_heads": 2,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "train_batch_size": 256,
+        "official": True,
+    }
+    summary = api.run(
+        ["ContrastVAE"], "ml-100k", out=tmp_path, settings=settings, config_files=[user_yaml]
+    )
+    result = summary.results[0]
+
+    def field(name: str):  # a result record (bench.contract.RunResult) or its older dict form
+        return result[name] if isinstance(result, dict) else getattr(result, name, None)
+
+    assert field("status") == "ok", field("error")
+    recorded = {key: field("config")[key] for key in OFFICIAL_SWITCHES}
+    assert recorded == {**OFFICIAL_ATTRIBUTES, "kl_over_padding": False}
