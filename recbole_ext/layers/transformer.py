@@ -35,12 +35,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(hidden_dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` (additive or boolean, broadcastable to ``[B, heads, L, L]``) replaces the
+        causal mask, e.g. for left-padded sequences (ContrastVAE's official layout)."""
         batch, length, hidden = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.n_heads, hidden // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, L, head_dim]
         context = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
         )
         context = context.transpose(1, 2).reshape(batch, length, hidden)
         return self.norm(x + self.dropout(self.out(context)))
@@ -78,8 +85,8 @@ class TransformerBlock(nn.Module):
         )
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout, layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feed_forward(self.attention(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.feed_forward(self.attention(x, attn_mask))
 
 
 class CausalTransformerEncoder(nn.Module):
@@ -106,9 +113,10 @@ class CausalTransformerEncoder(nn.Module):
             for _ in range(n_layers)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` (optional) replaces the causal mask in every layer."""
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, attn_mask)
         return x
 
 

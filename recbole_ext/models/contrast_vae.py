@@ -146,34 +146,6 @@ def resolve_official_switches(config: Any) -> dict[str, Any]:
     return values
 
 
-def masked_encoder_forward(
-    encoder: CausalTransformerEncoder, x: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``encoder(x)`` with the additive attention mask ``mask`` ``[B, 1, L, L]`` in place of its
-    causal one: the same blocks, weights and dropout; each block's attention gets the mask.
-
-    (Belongs in ``CausalTransformerEncoder.forward`` as an optional ``attn_mask``; kept here while
-    that file is not this model's to change.)"""
-    for block in encoder.layers:
-        attention = block.attention
-        batch, length, hidden = x.shape
-        qkv = attention.qkv(x).view(
-            batch, length, 3, attention.n_heads, hidden // attention.n_heads
-        )
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=attention.attn_dropout if attention.training else 0.0,
-        )
-        context = context.transpose(1, 2).reshape(batch, length, hidden)
-        x = attention.norm(x + attention.dropout(attention.out(context)))
-        x = block.feed_forward(x)
-    return x
-
-
 @dataclass
 class SequenceView:
     """One view of a batch as the network sees it.
@@ -329,7 +301,7 @@ class ContrastVAE(SequentialRecommender):
     def run(
         self, network: CausalTransformerEncoder, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        return network(x) if mask is None else masked_encoder_forward(network, x, mask)
+        return network(x, attn_mask=mask)
 
     def encode(
         self,
