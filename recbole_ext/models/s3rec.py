@@ -28,6 +28,27 @@ return); for SP a segment of uniform length in [1, len // 2] at a uniform start 
 negative is a segment of the same length from the batch's concatenated sequences. As in RecBole,
 pre-training sequences are padded on the left.
 
+Training regime (``train_regime``, harness key), both stages:
+
+- ``users`` (this model's default): each training row is a window of a user's sequence.
+  Pre-training works on ``window + its following item``, so every item takes part (RecBole's
+  windows leave out the item they precede); a sequence longer than ``MAX_ITEM_LIST_LENGTH`` drops
+  its oldest item, the position embedding's size. Fine-tuning runs the causal Transformer
+  (``bidirectional=False``, as RecBole's fine-tuning) once over the window and takes the
+  next-item loss at every real position ("SASRec+", Klenitskiy & Vasilev, RecSys 2023).
+- ``interactions``: RecBole's per-prefix samples; fine-tuning's loss is then RecBole's own.
+
+Pre-training sequences are left-padded, as RecBole's, so their positions count back from
+``MAX_ITEM_LIST_LENGTH``: a batch narrower than that (the harness pads each batch only to its own
+longest sequence) is encoded with the positions it would have at full width, which gives the
+same outputs at a fraction of the cost.
+
+Fine-tuning loss: ``loss_type: CE`` (default), softmax cross-entropy over the whole item table (the
+padding row and the mask token included, as RecBole); ``sampled_negatives: n > 0`` a sampled
+softmax against ``n`` uniform negatives (never the mask token) shared by the batch, in both
+regimes; ``loss_type: BPR`` one negative per position (in ``users``, drawn uniformly by the
+model).
+
 The model reports its unweighted pre-training terms (``aap``, ``mip``, ``map``, ``sp``) in
 ``last_loss_terms``, so the harness records them per pre-training epoch.
 """
@@ -43,6 +64,14 @@ from recbole.model.layers import TransformerEncoder
 from recbole.model.loss import BPRLoss
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 from torch import nn
+
+from recbole_ext.layers.next_item import next_item_loss
+from recbole_ext.layers.whole_sequence import (
+    real_position_targets,
+    trains_on_whole_sequences,
+    trim_to_longest,
+)
+from recbole_ext.models.bert4rec import window_with_next_item
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +91,12 @@ def has_item_attribute(dataset: Any, field: str) -> bool:
 
 
 class S3Rec(RecBoleS3Rec):
-    """RecBole's S3Rec; without the ``item_attribute`` field, pre-trains with MIP and SP only."""
+    """RecBole's S3Rec; without the ``item_attribute`` field, pre-trains with MIP and SP only;
+    whole sequences in both stages under ``train_regime: users``."""
+
+    # Fine-tuning is right-padded and causal, pre-training encodes at full-width positions: the
+    # padded width changes no output (tested), so batches may be padded to their own longest.
+    accepts_trimmed_batches = True
 
     def __init__(self, config: Any, dataset: Any) -> None:
         if has_item_attribute(dataset, config["item_attribute"]):
@@ -72,6 +106,12 @@ class S3Rec(RecBoleS3Rec):
             self._init_without_attributes(config, dataset)
             self.use_attributes = False
         self.last_loss_terms: dict[str, torch.Tensor] = {}
+        self.whole_sequence = trains_on_whole_sequences(config)
+        self.sampled_negatives = int(config["sampled_negatives"] or 0)
+        if self.sampled_negatives < 0:
+            raise ValueError(f"sampled_negatives must be >= 0, not {self.sampled_negatives}")
+        if self.sampled_negatives and self.loss_type != "CE":
+            raise ValueError("sampled_negatives replaces the full softmax: it needs loss_type CE")
 
     def _init_without_attributes(self, config: Any, dataset: Any) -> None:
         """RecBole's ``__init__`` minus everything that touches attributes."""
@@ -153,6 +193,20 @@ class S3Rec(RecBoleS3Rec):
             self.logger.info(f"Load pretrained model from {self.pre_model_path}")
             self.load_state_dict(pretrained["state_dict"])
 
+    def forward(
+        self, item_seq: torch.Tensor, bidirectional: bool = True, first_position: int = 0
+    ) -> torch.Tensor:
+        """RecBole's encoder; ``first_position`` is the position id of the first column (a
+        left-padded batch narrower than ``MAX_ITEM_LIST_LENGTH`` is the right end of the
+        full-width one)."""
+        positions = torch.arange(
+            first_position, first_position + item_seq.size(1), device=item_seq.device
+        )
+        input_emb = self.item_embedding(item_seq) + self.position_embedding(positions)
+        input_emb = self.dropout(self.LayerNorm(input_emb))
+        attention_mask = self.get_attention_mask(item_seq, bidirectional=bidirectional)
+        return self.trm_encoder(input_emb, attention_mask, output_all_encoded_layers=True)[-1]
+
     # --- pre-training objectives (RecBole's computations, one per term) ---
 
     def _aap_loss(
@@ -189,12 +243,16 @@ class S3Rec(RecBoleS3Rec):
         return torch.sum(loss * mask.flatten().unsqueeze(-1))
 
     def _sp_loss(
-        self, masked_segment: torch.Tensor, pos_segment: torch.Tensor, neg_segment: torch.Tensor
+        self,
+        masked_segment: torch.Tensor,
+        pos_segment: torch.Tensor,
+        neg_segment: torch.Tensor,
+        first_position: int = 0,
     ) -> torch.Tensor:
         # The last position's output summarises each (left-padded) sequence.
-        context = self.forward(masked_segment)[:, -1, :]
-        pos_emb = self.forward(pos_segment)[:, -1, :]
-        neg_emb = self.forward(neg_segment)[:, -1, :]
+        context = self.forward(masked_segment, first_position=first_position)[:, -1, :]
+        pos_emb = self.forward(pos_segment, first_position=first_position)[:, -1, :]
+        neg_emb = self.forward(neg_segment, first_position=first_position)[:, -1, :]
         distance = self._segment_prediction(context, pos_emb) - self._segment_prediction(
             context, neg_emb
         )
@@ -212,16 +270,18 @@ class S3Rec(RecBoleS3Rec):
     ) -> torch.Tensor:
         """The weighted sum of the pre-training terms; AAP and MAP only with attributes.
 
-        The forward passes run in RecBole's order (masked sequence, then the three segment
-        sequences), so dropout draws the same random numbers and, with attributes, the loss
-        equals RecBole's exactly.
+        The sequences are left-padded; narrower than ``MAX_ITEM_LIST_LENGTH``, they are the right
+        end of the full-width batch and keep its positions. The forward passes run in RecBole's
+        order (masked sequence, then the three segment sequences), so dropout draws the same
+        random numbers and, with attributes, the loss equals RecBole's exactly.
         """
-        sequence_output = self.forward(masked_item_sequence)
+        first = self.max_seq_length - masked_item_sequence.size(1)
+        sequence_output = self.forward(masked_item_sequence, first_position=first)
         mip = self._mip_loss(sequence_output, masked_item_sequence, pos_items, neg_items)
         if self.use_attributes:
             aap = self._aap_loss(sequence_output, features, masked_item_sequence)
             map_ = self._map_loss(sequence_output, features, masked_item_sequence)
-        sp = self._sp_loss(masked_segment_sequence, pos_segment, neg_segment)
+        sp = self._sp_loss(masked_segment_sequence, pos_segment, neg_segment, first)
         if self.use_attributes:
             loss = (
                 self.aap_weight * aap
@@ -235,6 +295,37 @@ class S3Rec(RecBoleS3Rec):
             terms = {"mip": mip, "sp": sp}
         self.last_loss_terms = {name: value.detach() for name, value in terms.items()}
         return loss
+
+    # --- both stages ---
+
+    def calculate_loss(self, interaction: Any) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_len = interaction[self.ITEM_SEQ_LEN]
+        if self.train_stage == "pretrain":
+            if self.whole_sequence:
+                pos_items = interaction[self.POS_ITEM_ID]
+                item_seq, item_len = window_with_next_item(
+                    item_seq, item_len, pos_items, self.max_seq_length
+                )
+            elif not self.use_attributes:
+                # Encoded at full-width positions anyway: the all-padding columns are wasted.
+                item_seq = trim_to_longest(item_seq, item_len)
+            return self.pretrain(*self.reconstruct_pretrain_data(item_seq, item_len))
+        if self.whole_sequence:
+            item_seq = trim_to_longest(item_seq, item_len)
+            real, targets = real_position_targets(item_seq, item_len, interaction[self.POS_ITEM_ID])
+            hidden = self.forward(item_seq, bidirectional=False)[real]
+        elif self.sampled_negatives:
+            output = self.forward(item_seq, bidirectional=False)
+            hidden = self.gather_indexes(output, item_len - 1)
+            targets = interaction[self.POS_ITEM_ID]
+        else:
+            return super().calculate_loss(interaction)  # RecBole's fine-tuning
+        weight = self.item_embedding.weight
+        if self.sampled_negatives:
+            weight = weight[: self.mask_token]  # negatives are items, never the mask token
+        kind = "ce" if self.loss_type == "CE" else "bpr"
+        return next_item_loss(hidden, targets, weight, kind, self.sampled_negatives)
 
     # --- pre-training data without attributes ---
 
