@@ -52,7 +52,8 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Override every model's epochs")] = None,
     quick: Annotated[bool, typer.Option(help="Smoke setting: configs/quick.yaml")] = False,
     tuned: Annotated[
-        bool, typer.Option(help="Use configs/tuned/<dataset>/<Model>.yaml from bench tune")
+        bool,
+        typer.Option(help="Layer <out>/tuned/<dataset>/<Model>.yaml (from bench tune --out)"),
     ] = False,
     set_: SetOption = None,
     config: ConfigOption = None,
@@ -97,11 +98,9 @@ def run(
         typer.echo(summary.leaderboard.read_text(encoding="utf-8"))
         typer.echo(f"leaderboard: {summary.leaderboard_csv} and {summary.leaderboard}")
     for failed in summary.failed:
-        message = failed["error"]["message"].splitlines()[0] if failed["error"]["message"] else ""
-        typer.echo(
-            f"FAILED {failed['model']} seed {failed['seed']}: {failed['error']['type']}: {message}",
-            err=True,
-        )
+        error = failed.error
+        why = f"{error.type}: {error.first_line}" if error else "?"
+        typer.echo(f"FAILED {failed.model} seed {failed.seed}: {why}", err=True)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -187,10 +186,42 @@ def report(
         str, typer.Option(help="Test deciding the significance markers: t or wilcoxon")
     ] = "t",
 ) -> None:
-    """Write a markdown report with figures: <results>/reports/<dataset>/report.md."""
+    """Write the leaderboard and a markdown report with figures beside it:
+    <results>/reports/<dataset>/report.md, linking to the leaderboard's files."""
     from bench.report import write_report
 
     typer.echo(f"report: {write_report(results, dataset, baseline=baseline, test=test)}")
+
+
+@app.command()
+def reproduce(
+    result: Annotated[Path, typer.Argument(help="A result file: <results>/runs/.../seed-N.json")],
+    data_dir: DataDirOption = None,
+    device: Annotated[str, typer.Option(help="cpu (metrics must match exactly) or cuda")] = "cpu",
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest absolute difference that counts as a match; default 0 on CPU"),
+    ] = None,
+) -> None:
+    """Run a stored result again from its record; exit 1 if a metric differs."""
+    from bench.reproduce import reproduce as run_again
+
+    done = run_again(result, data_dir=data_dir, device=device, tolerance=tolerance)
+    for note in done.notes:
+        typer.echo(f"note: {note}")
+    if not done.again.ok:
+        error = done.again.error
+        typer.echo(f"FAILED: {error.type}: {error.first_line}" if error else "FAILED", err=True)
+        raise typer.Exit(1)
+    compared = len(done.recorded.test) + len(done.recorded.valid)
+    how = "exactly" if done.tolerance == 0 else f"within {done.tolerance:g}"
+    if done.matched:
+        typer.echo(f"reproduced: all {compared} test and validation metrics match {how}")
+        return
+    typer.echo(f"not reproduced: {len(done.differences)} of {compared} metric(s) differ ({how}):")
+    for phase, metric, recorded, again in done.differences:
+        typer.echo(f"  {phase} {metric}: recorded {recorded!r}, reproduced {again!r}")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -263,7 +294,8 @@ def tune(
     data_dir: DataDirOption = None,
     out: ResultsOption = Path("results"),
 ) -> None:
-    """Search hyperparameters with Optuna; export the best; re-run it over seeds."""
+    """Search hyperparameters with Optuna; export the best to <out>/tuned; re-run it over
+    seeds."""
     from bench import configs
     from bench.tuning import tune as tune_study
 

@@ -4,13 +4,17 @@
 ``configs/datasets/<name>.yaml``    fields, filtering, split protocol, metrics, cutoffs, validation
                                     metric; harness-only keys sit under a top-level ``bench:`` key
 ``configs/models/<Model>.yaml``     a model's defaults (never the protocol keys above)
-``configs/tuned/<dataset>/<Model>.yaml``  best parameters found by ``bench tune`` (``--tuned``)
+``configs/search/<Model>.yaml``     a model's search space for ``bench tune``
 ``configs/suites.yaml``             what ``--models all`` means for each dataset
 ``configs/quick.yaml``              the ``--quick`` smoke setting
 ``configs/protocol-default.yaml``   the protocol of a user's dataset that has no config file
 
 Later files override earlier ones: defaults < dataset < model < tuned < quick < ``--config``
-files, and ``--epochs`` / ``--set`` override every file.
+files, and ``--epochs`` / ``--set`` override every file. The tuned files are not part of the
+tree: ``bench tune --out OUT`` writes them to ``OUT/tuned/<dataset>/<Model>.yaml`` and
+``bench run --tuned --out OUT`` reads them from there.
+
+The tree is a :class:`ConfigTree` object handed to what reads it, never a module global.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,9 @@ import yaml
 
 from bench.errors import BenchError
 
-CONFIG_DIR = Path(
-    os.environ.get("BENCH_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
-)
+# The repository's tree, and the variable that points runs at another one.
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR_ENV = "BENCH_CONFIG_DIR"
 
 # Keys a dataset file fixes for every model: a model file that sets one would change the protocol.
 PROTOCOL_KEYS = frozenset(
@@ -103,68 +108,87 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _names(folder: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
+@dataclass(frozen=True)
+class ConfigTree:
+    """One configuration tree (``root`` holds ``defaults.yaml``, ``datasets/``, ``models/`` ...),
+    passed to whatever reads it: a notebook or a test points a run at its own copy by passing
+    another tree, and a Ray worker gets its driver's root in its job."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> ConfigTree:
+        """``$BENCH_CONFIG_DIR`` if set (read now, not at import), else the repository's."""
+        return cls(Path(os.environ.get(CONFIG_DIR_ENV) or PACKAGE_CONFIG_DIR))
+
+    def _names(self, folder: str) -> list[str]:
+        return sorted(p.stem for p in (self.root / folder).glob("*.yaml"))
+
+    def dataset_names(self) -> list[str]:
+        return self._names("datasets")
+
+    def has_dataset_config(self, name: str) -> bool:
+        return (self.root / "datasets" / f"{name}.yaml").is_file()
+
+    def dataset_file(self, name: str, has_data: bool = False) -> Path:
+        """The dataset's config; for data with no config of its own, the default protocol."""
+        path = self.root / "datasets" / f"{name}.yaml"
+        if not path.is_file() and has_data:
+            return self.root / "protocol-default.yaml"
+        if not path.is_file():
+            names = self.dataset_names()
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise BenchError(f"unknown dataset {name!r}{hint} (configured: {', '.join(names)})")
+        return path
+
+    def dataset_settings(
+        self, name: str, has_data: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(RecBole keys, harness keys) of a dataset's config file."""
+        path = self.dataset_file(name, has_data)
+        data = load_yaml(path)
+        harness = data.pop("bench", None) or {}
+        if not isinstance(harness, dict):
+            raise BenchError(f"malformed dataset config {path}: 'bench' must be a mapping")
+        return data, harness
+
+    def model_file(self, name: str) -> Path | None:
+        path = self.root / "models" / f"{name}.yaml"
+        return path if path.is_file() else None
+
+    def suite(self, dataset: str) -> list[str]:
+        """The models ``--models all`` runs on this dataset."""
+        path = self.root / "suites.yaml"
+        suites = load_yaml(path)
+        table = suites.get("datasets") or {}
+        models = table.get(dataset, suites.get("default"))
+        if not models:
+            raise BenchError(f"{path} names no suite for {dataset!r} and has no 'default' suite")
+        return list(models)
+
+    def search_file(self, model: str) -> Path:
+        """A model's search space for ``bench tune``."""
+        return self.root / "search" / f"{model}.yaml"
+
+    @property
+    def defaults_file(self) -> Path:
+        return self.root / "defaults.yaml"
+
+    @property
+    def quick_file(self) -> Path:
+        return self.root / "quick.yaml"
 
 
-def dataset_names() -> list[str]:
-    return _names("datasets")
+def tuned_folder(out: str | os.PathLike) -> Path:
+    """Where ``bench tune --out OUT`` exports best parameters and ``bench run --tuned`` reads
+    them: ``<out>/tuned``, beside the results they were found for (never the source tree)."""
+    return Path(out) / "tuned"
 
 
-def has_dataset_config(name: str) -> bool:
-    return (CONFIG_DIR / "datasets" / f"{name}.yaml").is_file()
-
-
-def dataset_file(name: str, has_data: bool = False) -> Path:
-    """The dataset's config; for data with no config of its own, the default protocol."""
-    path = CONFIG_DIR / "datasets" / f"{name}.yaml"
-    if not path.is_file() and has_data:
-        return CONFIG_DIR / "protocol-default.yaml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, dataset_names(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        known = ", ".join(dataset_names())
-        raise BenchError(f"unknown dataset {name!r}{hint} (configured: {known})")
-    return path
-
-
-def dataset_settings(name: str, has_data: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(RecBole keys, harness keys) of a dataset's config file."""
-    path = dataset_file(name, has_data)
-    data = load_yaml(path)
-    harness = data.pop("bench", None) or {}
-    if not isinstance(harness, dict):
-        raise BenchError(f"malformed dataset config {path}: 'bench' must be a mapping")
-    return data, harness
-
-
-def model_file(name: str) -> Path | None:
-    path = CONFIG_DIR / "models" / f"{name}.yaml"
-    return path if path.is_file() else None
-
-
-def suite(dataset: str) -> list[str]:
-    """The models ``--models all`` runs on this dataset."""
-    path = CONFIG_DIR / "suites.yaml"
-    suites = load_yaml(path)
-    table = suites.get("datasets") or {}
-    models = table.get(dataset, suites.get("default"))
-    if not models:
-        raise BenchError(f"{path} names no suite for {dataset!r} and has no 'default' suite")
-    return list(models)
-
-
-def tuned_file(dataset: str, model: str) -> Path:
-    """Where ``bench tune`` exports the best parameters, read by ``bench run --tuned``."""
-    return CONFIG_DIR / "tuned" / dataset / f"{model}.yaml"
-
-
-def defaults_file() -> Path:
-    return CONFIG_DIR / "defaults.yaml"
-
-
-def quick_file() -> Path:
-    return CONFIG_DIR / "quick.yaml"
+def tuned_file(folder: str | os.PathLike, dataset: str, model: str) -> Path:
+    """``<folder>/<dataset>/<Model>.yaml`` of a tuned folder (:func:`tuned_folder`)."""
+    return Path(folder) / dataset / f"{model}.yaml"
 
 
 def recbole_known_keys(model_name: str) -> set[str]:

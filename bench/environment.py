@@ -25,23 +25,46 @@ def package_versions() -> dict[str, str | None]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Everything of the checkout but the results: what a run's code is.
+_CODE = ("--", ".", ":!results")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _dirty(root: Path) -> bool:
+    """Uncommitted changes to the code or configs. ``results/`` is left out: every run rewrites
+    the leaderboards there, so counting it would mark all but the first run of a benchmark as
+    dirty."""
+    return bool(_git(root, "status", "--porcelain", "--untracked-files=no", *_CODE))
+
+
 @cache
 def git_commit(root: Path = ROOT) -> str | None:
-    """The commit of the harness's checkout, with ``-dirty`` when its code or configs have
-    uncommitted changes. ``results/`` is left out: every run rewrites the leaderboards there, so
-    counting it would mark all but the first run of a benchmark as dirty."""
+    """HEAD of the harness's checkout, with ``-dirty`` when its code or configs have uncommitted
+    changes."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _dirty(root)
     except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+@cache
+def code_version(root: Path = ROOT) -> str | None:
+    """The last commit that changed anything outside ``results/``, with ``-dirty`` as
+    :func:`git_commit`: a commit that only adds results leaves it as it was, so the runs after
+    it count as the same code as the runs before."""
+    try:
+        commit = _git(root, "log", "-1", "--format=%H", *_CODE)
+        dirty = _dirty(root)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    if not commit:  # no commit touches code (an empty history)
         return None
     return f"{commit}-dirty" if dirty else commit
 

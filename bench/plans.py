@@ -14,7 +14,9 @@ one dataset, over seeds, with optional settings, a run name (a variant row) and 
 Every (model, seed) becomes its own ``python -m bench run`` process, so a plan fills a many-core
 GPU machine; jobs start in the plan's order as slots free up. With a deadline, a job that starts
 late gets the time that is left (its ``time_budget_s`` shrinks) and one that would get less than
-``min_budget_s`` is not started: the plan ends on time and says what it left out. The plan's
+``min_budget_s`` is not started: the plan ends on time and says what it left out. Every run goes
+through the pre-flight (:mod:`bench.preflight`) before the first process starts, so a plan with a
+misspelt setting or missing data fails at once, not in its hundredth process. The plan's
 record (commands, exit codes, times, what was skipped) is written to ``<out>/plans/<plan>.json``;
 each process's output to ``<out>/plans/<plan>/logs/``. The leaderboards are rebuilt at the end.
 """
@@ -34,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import configs, leaderboard, results
+from bench import configs, leaderboard
+from bench.configs import ConfigTree
 from bench.errors import BenchError
 from bench.io import write_json
 
@@ -61,6 +64,14 @@ class PlannedRun:
     @property
     def key(self) -> str:
         return f"{self.dataset}__{self.label}__seed-{self.seed}"
+
+    def asked(self) -> dict[str, Any]:
+        """The settings its ``bench run`` asks for at its own budget (``--set``, ``--epochs``)."""
+        settings = dict(self.settings)
+        if self.epochs is not None:
+            settings["epochs"] = self.epochs
+        settings["time_budget_s"] = self.budget_s
+        return settings
 
     def command(
         self, budget_s: float, device: str, out: Path, data_dir: Path | None, resume: bool
@@ -98,20 +109,21 @@ def _read_plan(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_baselines(path: str | os.PathLike) -> dict[str, str]:
+def load_baselines(path: str | os.PathLike, tree: ConfigTree | None = None) -> dict[str, str]:
     """The plan's ``baselines:`` (dataset -> model row): its leaderboards compare with them."""
     baselines = _read_plan(path).get("baselines") or {}
     if not isinstance(baselines, dict) or not all(isinstance(v, str) for v in baselines.values()):
         raise BenchError(f"plan {path}: 'baselines' must map datasets to model names")
-    datasets = {run.dataset for run in load_plan(path)}
+    datasets = {run.dataset for run in load_plan(path, tree)}
     stray = sorted(set(baselines) - datasets)
     if stray:
         raise BenchError(f"plan {path}: baselines for dataset(s) no job runs: {', '.join(stray)}")
     return {str(k): v for k, v in baselines.items()}
 
 
-def load_plan(path: str | os.PathLike) -> list[PlannedRun]:
-    """The runs of a plan file, in order; a malformed plan raises :class:`BenchError`."""
+def load_plan(path: str | os.PathLike, tree: ConfigTree | None = None) -> list[PlannedRun]:
+    """The runs of a plan file, in order (``models: all`` is the suite of ``tree``, default
+    the repository's); a malformed plan raises :class:`BenchError`."""
     data = _read_plan(path)
     jobs = data.get("jobs")
     if not isinstance(jobs, list) or not jobs:
@@ -129,7 +141,7 @@ def load_plan(path: str | os.PathLike) -> list[PlannedRun]:
             raise BenchError(f"plan {path}: job {number} needs 'dataset' and 'models'")
         models = job["models"] if isinstance(job["models"], list) else [job["models"]]
         if models == ["all"]:  # as ``bench run --models all``: the dataset's suite
-            models = configs.suite(str(job["dataset"]))
+            models = (tree or ConfigTree.default()).suite(str(job["dataset"]))
         if job.get("name") and len(models) != 1:
             raise BenchError(f"plan {path}: job {number} names a variant of several models")
         seeds = job.get("seeds", [0])
@@ -163,26 +175,35 @@ def granted_budget(wanted_s: float, elapsed_s: float, deadline_s: float, reserve
     return left if wanted_s <= 0 else min(wanted_s, left)
 
 
-def _finished(run: PlannedRun, out: Path, device: str, data_dir: Path | None) -> bool:
+def _preflight(
+    runs: list[PlannedRun], device: str, data_dir: Path | None, tree: ConfigTree
+) -> dict[str, Any]:
+    """Every run of the plan through the pre-flight, as its process will ask (at the plan's own
+    budget); the prepared runs by key."""
+    from bench.preflight import preflight  # PyTorch: only when a plan really runs
+
+    return {
+        run.key: preflight(
+            [run.model],
+            run.dataset,
+            seeds=[run.seed],
+            settings=run.asked(),
+            name=run.name,
+            device=device,
+            data_dir=data_dir,
+            config_tree=tree,
+        ).runs[0]
+        for run in runs
+    }
+
+
+def _finished(run: PlannedRun, prepared: Any, out: Path) -> bool:
     """Whether a result exists that this run would only repeat: same settings, and not cut off
     by a smaller budget than this run's (a capped CPU run does not stand in for a GPU run)."""
-    from bench.runner import RunRequest, prepare, resume_settings  # torch: only for --resume
+    from bench.contract import completed
+    from bench.preflight import resume_settings
 
-    settings = dict(run.settings)
-    if run.epochs is not None:
-        settings["epochs"] = run.epochs
-    settings["time_budget_s"] = run.budget_s
-    request = RunRequest(
-        dataset=run.dataset,
-        model=run.model,
-        seed=run.seed,
-        settings=settings,
-        device=device,
-        data_dir=str(data_dir) if data_dir is not None else None,
-        name=run.name,
-    )
-    wanted = resume_settings(prepare(request))
-    return results.completed(out, run.dataset, run.label, run.seed, wanted)
+    return completed(out, run.dataset, run.label, run.seed, resume_settings(prepared))
 
 
 @dataclass
@@ -220,11 +241,15 @@ def execute(
     resume: bool = False,
     dry_run: bool = False,
     echo: Any = print,
+    config_tree: ConfigTree | None = None,
 ) -> PlanRecord:
-    """Run a plan's runs, ``parallel`` at a time, and rebuild the leaderboards of its datasets."""
+    """Run a plan's runs, ``parallel`` at a time, and rebuild the leaderboards of its datasets.
+    ``config_tree``: the configuration every run reads (default: the repository's; the runs'
+    processes get it through ``$BENCH_CONFIG_DIR``)."""
     plan_path = Path(plan_path)
-    runs = load_plan(plan_path)
-    baselines = load_baselines(plan_path)
+    tree = config_tree or ConfigTree.default()
+    runs = load_plan(plan_path, tree)
+    baselines = load_baselines(plan_path, tree)
     out = Path(out)
     data = Path(data_dir) if data_dir is not None else None
     if parallel < 1:
@@ -234,10 +259,16 @@ def execute(
         for run in runs:
             echo(shlex.join(run.command(run.budget_s, device, out, data, resume)))
         return record
+    prepared = _preflight(runs, device, data, tree)
     logs = out / "plans" / plan_path.stem / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # One thread per process: a plan runs many processes on shared cores.
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        configs.CONFIG_DIR_ENV: str(tree.root),
+    }
     start = time.monotonic()
     queue = list(runs)
     active: list[tuple[subprocess.Popen, dict[str, Any], Any]] = []
@@ -246,7 +277,7 @@ def execute(
         if record_path.exists():
             previous = json.loads(record_path.read_text(encoding="utf-8"))
             record.earlier = [*previous.pop("earlier", []), previous]
-        done = [r for r in queue if _finished(r, out, device, data)]
+        done = [r for r in queue if _finished(r, prepared[r.key], out)]
         for run in done:
             echo(f"skipped {run.key}: result exists (--resume)")
         queue = [r for r in queue if r not in done]

@@ -10,10 +10,13 @@ import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from bench.contract import RunResult
 
 FORMATS = ("png", "svg")
 
@@ -83,22 +86,22 @@ def _umask() -> int:
     return current
 
 
-def _epoch_scores(results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+def _epoch_scores(results: list[RunResult]) -> dict[str, pd.DataFrame]:
     """Per model: one row per (seed, epoch) with the validation score."""
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        if r.get("status") != "ok":
+        if not r.ok:
             continue
-        for e in r.get("epochs") or []:
-            if e.get("valid_score") is not None:
-                rows[r["model"]].append(
-                    {"seed": r["seed"], "epoch": e["epoch"], "score": float(e["valid_score"])}
+        for e in r.epochs:
+            if e.valid_score is not None:
+                rows[r.model].append(
+                    {"seed": r.seed, "epoch": e.epoch, "score": float(e.valid_score)}
                 )
     return {model: pd.DataFrame(v) for model, v in rows.items() if v}
 
 
 def learning_curves(
-    results: list[dict[str, Any]],
+    results: list[RunResult],
     folder: str | os.PathLike,
     stem: str = "learning_curves",
     models: list[str] | None = None,
@@ -111,7 +114,7 @@ def learning_curves(
 
     scores = _epoch_scores(results)
     order = [m for m in (models or sorted(scores)) if m in scores]
-    metric = next((r.get("valid_metric") for r in results if r.get("valid_metric")), "score")
+    metric = next((r.valid_metric for r in results if r.valid_metric), "score")
     fig = _figure(legend_entries=len(order))
     ax = fig.add_subplot()
     _line_styles(ax)
@@ -141,24 +144,24 @@ def learning_curves(
     return save(fig, folder, stem)
 
 
-def _kl_terms(results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+def _kl_terms(results: list[RunResult]) -> dict[str, pd.DataFrame]:
     """Per model: one row per (seed, epoch, term) for the epoch means of its KL loss terms
     (``kl``, ``kl1``, ``kl2`` ... in ``loss_terms``)."""
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        if r.get("status") != "ok":
+        if not r.ok:
             continue
-        for e in r.get("epochs") or []:
-            for term, value in (e.get("loss_terms") or {}).items():
+        for e in r.epochs:
+            for term, value in (e.loss_terms or {}).items():
                 if term.startswith("kl") and value is not None:
-                    rows[r["model"]].append(
-                        {"seed": r["seed"], "epoch": e["epoch"], "term": term, "value": value}
+                    rows[r.model].append(
+                        {"seed": r.seed, "epoch": e.epoch, "term": term, "value": value}
                     )
     return {model: pd.DataFrame(v) for model, v in rows.items() if v}
 
 
 def kl_curves(
-    results: list[dict[str, Any]],
+    results: list[RunResult],
     folder: str | os.PathLike,
     stem: str = "kl_curves",
     models: list[str] | None = None,

@@ -1,10 +1,13 @@
-"""A self-contained markdown report of one dataset's results:
+"""A markdown report of one dataset's results, beside its leaderboard:
 
 ``<results>/reports/<dataset>/report.md``            leaderboard, significance, training time,
                                                      figures (relative links), provenance
 ``<results>/reports/<dataset>/figures/*.png|svg``    learning curves, main metric, metric@K
-``<results>/reports/<dataset>/significance.csv``     every paired test
-``<results>/reports/<dataset>/provenance.json``      what produced the numbers
+
+The full significance table and the provenance record are the leaderboard's own files
+(``<results>/leaderboard/<dataset>.significance.csv`` and ``.provenance.json``): the report
+writes the leaderboard with the same baseline and test, then links to them instead of keeping
+copies.
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from bench import leaderboard, plots, stats
+from bench.contract import Timing
 from bench.errors import BenchError
-from bench.io import write_json, write_text
+from bench.io import write_text
+from bench.leaderboard.render import markdown_table
 
 
 def _timing_markdown(board: leaderboard.Board) -> str:
-    lines = [
+    intro = (
         "Mean ± sample std over seeds. Fit: the whole training, validation epochs included; "
         "per epoch: the recorded training and validation seconds of each epoch; test: the "
         "final evaluation. Epochs run include those after the best one (early stopping "
-        "patience); epochs count from 0.",
-        "",
-        "| model | seeds | epochs run | best epoch | fit s | train s / epoch | valid s / epoch "
-        "| test s | total s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "patience); epochs count from 0."
+    )
+    header = [
+        "model",
+        "seeds",
+        "epochs run",
+        "best epoch",
+        "fit s",
+        "train s / epoch",
+        "valid s / epoch",
+        "test s",
+        "total s",
     ]
 
     def cell(values: list[Any], digits: int = 1) -> str:
@@ -36,25 +48,31 @@ def _timing_markdown(board: leaderboard.Board) -> str:
             return ""
         return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    def per_epoch(run: dict[str, Any], key: str) -> float | None:
-        values = [e.get(key) for e in run.get("epochs") or [] if e.get(key) is not None]
-        return sum(values) / len(values) if values else None
+    def epoch_mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
 
+    rows = []
     for model in board.table["model"]:
-        runs = [r for r in board.ok if r["model"] == model]
+        runs = [r for r in board.ok if r.model == model]
         if not runs:
             continue
-        timing = [r.get("timing") or {} for r in runs]
-        lines.append(
-            f"| {model} | {len(runs)} | {cell([len(r.get('epochs') or []) for r in runs])} | "
-            f"{cell([r.get('best_epoch') for r in runs])} | "
-            f"{cell([t.get('train_seconds') for t in timing])} | "
-            f"{cell([per_epoch(r, 'train_seconds') for r in runs], 2)} | "
-            f"{cell([per_epoch(r, 'valid_seconds') for r in runs], 2)} | "
-            f"{cell([t.get('eval_seconds') for t in timing])} | "
-            f"{cell([t.get('total_seconds') for t in timing])} |"
+        timings = [r.timing or Timing() for r in runs]
+        rows.append(
+            [
+                str(model),
+                str(len(runs)),
+                cell([r.epochs_run for r in runs]),
+                cell([r.best_epoch for r in runs]),
+                cell([t.train_seconds for t in timings]),
+                cell([epoch_mean([e.train_seconds for e in r.epochs]) for r in runs], 2),
+                cell([epoch_mean([e.valid_seconds for e in r.epochs]) for r in runs], 2),
+                cell([t.eval_seconds for t in timings]),
+                cell([t.total_seconds for t in timings]),
+            ]
         )
-    return "\n".join(lines)
+    table = markdown_table(header, rows, [False] + [True] * (len(header) - 1))
+    return "\n".join([intro, "", *table])
 
 
 def _figure_markdown(title: str, paths: list[Path], folder: Path, caption: str) -> str:
@@ -68,8 +86,10 @@ def write_report(
     baseline: str | None = None,
     test: str = stats.DEFAULT_TEST,
 ) -> Path:
-    """Write the report of ``dataset`` under ``<out>/reports/<dataset>/``; return report.md.
-    ``test`` (``t`` or ``wilcoxon``) decides the significance markers.
+    """Write the leaderboard of ``dataset`` (as ``bench leaderboard`` does with this
+    ``baseline`` and ``test``) and its report under ``<out>/reports/<dataset>/``, which links
+    to the leaderboard's significance table and provenance record; return report.md. ``test``
+    (``t`` or ``wilcoxon``) decides the significance markers.
 
     Raises :class:`BenchError` when there is no successful result, the baseline or the test is
     unknown.
@@ -80,9 +100,7 @@ def write_report(
         raise BenchError(f"no results for dataset {dataset!r} under {out / 'runs'}")
     if not board.ok:
         raise BenchError(f"no successful run for dataset {dataset!r} under {out / 'runs'}")
-    board.provenance["rebuild_command"] = leaderboard.rebuild_command(
-        "report", out, dataset, baseline, test
-    )
+    leaderboard.write_board(out, board)
     folder = out / "reports" / dataset
     figures = folder / "figures"
     models = list(board.table.loc[board.table["seeds"] > 0, "model"])
@@ -126,13 +144,25 @@ def write_report(
             "Metrics at K", at_k, folder, "Test metric against the cutoff K, mean over seeds."
         )
     )
-    write_text(folder / "significance.csv", board.significance.to_csv(index=False))
-    write_json(folder / "provenance.json", board.provenance)
-    text = _report_text(board, figure_parts)
+    # The report's own text says how to write it again; the leaderboard's files keep theirs.
+    board.provenance = {
+        **board.provenance,
+        "rebuild_command": leaderboard.rebuild_command("report", out, dataset, baseline, test),
+    }
+    text = _report_text(board, figure_parts, _links(out, dataset, folder))
     return write_text(folder / "report.md", text)
 
 
-def _report_text(board: leaderboard.Board, figure_parts: list[str]) -> str:
+def _links(out: Path, dataset: str, folder: Path) -> dict[str, str]:
+    """Markdown links from the report's folder to the leaderboard's files."""
+    links = {}
+    for key, path in leaderboard.files(out, dataset).items():
+        target = Path(os.path.relpath(path, folder)).as_posix()
+        links[key] = f"[`{path.relative_to(out).as_posix()}`]({target})"
+    return links
+
+
+def _report_text(board: leaderboard.Board, figure_parts: list[str], links: dict[str, str]) -> str:
     prov: dict[str, Any] = board.provenance
     runs = prov.get("runs", {})
     summary = (
@@ -145,7 +175,7 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str]) -> str:
     if board.baseline:
         summary += f" Baseline: {board.baseline}."
     sig = board.significance
-    all_metrics = sorted(set(sig["metric"]), key=leaderboard._metric_sort_key)
+    all_metrics = sorted(set(sig["metric"]), key=leaderboard.metric_sort_key)
     parts = [
         f"# Benchmark report: {board.dataset}",
         "",
@@ -157,14 +187,14 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str]) -> str:
         "",
         f"## Significance ({board.primary})" if board.primary else "## Significance",
         "",
-        leaderboard.significance_markdown(board, csv_name="significance.csv"),
+        leaderboard.significance_markdown(board, csv_ref=links["significance"]),
     ]
     if len(all_metrics) > 1:
         parts += [
             "",
             "<details><summary>All metrics</summary>",
             "",
-            leaderboard.significance_markdown(board, all_metrics, csv_name="significance.csv"),
+            leaderboard.significance_markdown(board, all_metrics, csv_ref=links["significance"]),
             "",
             "</details>",
         ]
@@ -180,6 +210,6 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str]) -> str:
         "",
         "## Provenance",
         "",
-        leaderboard.provenance_markdown(board, json_name="provenance.json"),
+        leaderboard.provenance_markdown(board, json_ref=links["provenance"]),
     ]
     return "\n".join(parts) + "\n"

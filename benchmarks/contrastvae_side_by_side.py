@@ -66,12 +66,13 @@ def run_ours(args: argparse.Namespace) -> list[dict[str, Any]]:
     from recbole.config import Config
     from recbole.utils import init_seed
 
-    from bench.runner import RunRequest, prepare
+    from bench.contract import RunOptions
+    from bench.preflight import prepare
     from recbole_ext.data import load_dataset, prepare_data
     from recbole_ext.training import recording_trainer
 
     device = torch.device(args.device)
-    request = RunRequest(
+    request = RunOptions(
         dataset=args.dataset,
         model="ContrastVAE",
         seed=args.seed,

@@ -6,7 +6,7 @@ For every (dataset, model, variant) of the plan (``PLAN``, filtered by ``--datas
 wall-clock limit (``--time-limit``) and ``--threads`` PyTorch threads:
 
 - **after**: the harness's defaults, built as ``bench.runner.execute`` builds a run
-  (``prepare(RunRequest(...))``, ``Config``, ``load_dataset`` with the cache of ``--cache-dir``,
+  (``prepare(RunOptions(...))``, ``Config``, ``load_dataset`` with the cache of ``--cache-dir``,
   ``prepare_data``, the model, ``recording_trainer``).
 - **before**: RecBole's own path, built the same way with, on top (``BEFORE``): RecBole's
   built-in class swapped in where one of ours shadows it; ``train_regime: interactions`` (one
@@ -629,8 +629,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from recbole.utils import get_trainer, init_seed
 
     import recbole_ext  # noqa: F401  (every compat fix first)
+    from bench.contract import RunOptions
     from bench.memory import PeakMemory
-    from bench.runner import RunRequest, prepare
+    from bench.preflight import prepare
     from recbole_ext.data import LengthBucketedBatches, fold_in, load_dataset, prepare_data
     from recbole_ext.training import recording_trainer
 
@@ -640,7 +641,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     if spec is not None:
         settings.update(BEFORE_SETTINGS)
         settings.update(spec.settings)
-    request = RunRequest(
+    request = RunOptions(
         dataset=job["dataset"],
         model=job["model"],
         settings=settings,

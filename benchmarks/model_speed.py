@@ -203,13 +203,14 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
     from recbole.utils import init_seed
 
     import recbole_ext  # noqa: F401  (every compat fix)
-    from bench.runner import RunRequest, prepare
+    from bench.contract import RunOptions
+    from bench.preflight import prepare
     from recbole_ext.data import fold_in, load_dataset, prepare_data
     from recbole_ext.training import needs_pretraining, pretrain, recording_trainer
 
     notes: list[str] = []
     settings = dict(job["settings"])
-    request = RunRequest(
+    request = RunOptions(
         dataset=job["dataset"],
         model=job["model"],
         settings=settings,
@@ -417,9 +418,10 @@ def _median(values: list[float]) -> float | None:
 
 def harness_vs_stock(args: argparse.Namespace, base_job: dict[str, Any]) -> dict[str, Any]:
     """Alternating rounds of stock and harness subprocesses for ``--stock``."""
-    from bench.runner import RunRequest, prepare
+    from bench.contract import RunOptions
+    from bench.preflight import prepare
 
-    request = RunRequest(
+    request = RunOptions(
         dataset=args.dataset,
         model=args.stock,
         settings=base_job["settings"],
@@ -681,13 +683,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
     """Measure every model (and ``--stock``) and write the report; returns it."""
     from bench import configs
-    from bench.runner import resolve_device
+    from bench.preflight import resolve_device
 
     device = resolve_device(args.device)  # also refuses cuda where there is none
     dev = str(device)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if names == ["all"]:
-        names = configs.suite(args.dataset)
+        names = configs.ConfigTree.default().suite(args.dataset)
     settings = configs.parse_assignments(args.set) if args.set else {}
     base_job = {
         "dataset": args.dataset,

@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(REPO))
 
+from bench.contract import RunResult, load_results  # noqa: E402
 from bench.io import write_json, write_text  # noqa: E402
-from bench.results import load_results  # noqa: E402
+from bench.leaderboard.render import markdown_table  # noqa: E402
 
 SCHEMA = 1
 
@@ -54,58 +55,56 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _timing_mean(results: list[dict[str, Any]], key: str) -> float | None:
-    """Mean of one ``timing`` entry over the runs that recorded it."""
-    timing = [r.get("timing") or {} for r in results]
-    return _mean([t[key] for t in timing if key in t])
+def _known_mean(values: list[float | None]) -> float | None:
+    """Mean over the runs that recorded the value."""
+    return _mean([v for v in values if v is not None])
 
 
-def _device(result: dict[str, Any]) -> str:
-    env = result.get("environment") or {}
-    name = env.get("device_name")
-    cores = env.get("cpu_count")
-    if env.get("device") == "cuda":
+def _device(result: RunResult) -> str:
+    env = result.environment
+    name = env.device_name if env else None
+    cores = env.cpu_count if env else None
+    if env is not None and env.device == "cuda":
         return f"cuda ({name})" if name else "cuda"
     return f"cpu ({cores} cores)" if cores else "cpu"
 
 
-def _peak(results: list[dict[str, Any]], phase: str) -> float | None:
-    peaks = [
-        ((r.get("memory") or {}).get(phase) or {}).get("peak_mib")
-        for r in results
-        if (r.get("memory") or {}).get(phase)
-    ]
+def _peak(phases: list[Any]) -> float | None:
+    """The largest recorded peak of one phase (``PhaseMemory``) over the runs."""
+    peaks = [p.peak_mib for p in phases if p is not None and p.peak_mib is not None]
     return max(peaks) if peaks else None
 
 
-def costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def costs(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per (model, device) over the successful results, in the order first seen."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for result in results:
-        if result.get("status") == "ok":
-            groups[(result["model"], _device(result))].append(result)
+        if result.ok:
+            groups[(result.model, _device(result))].append(result)
     rows = []
     for (model, device), runs in groups.items():
-        epochs = [e for r in runs for e in r.get("epochs") or []]
-        trained = [e for e in epochs if e.get("train_seconds")]
-        whole = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is None]
-        cut = [e["train_seconds"] for e in trained if e.get("cut_after_batches") is not None]
-        valid = [e["valid_seconds"] for e in epochs if e.get("valid_score") is not None]
+        epochs = [e for r in runs for e in r.epochs]
+        trained = [e for e in epochs if e.train_seconds]
+        whole = [e.train_seconds for e in trained if e.cut_after_batches is None]
+        cut = [e.train_seconds for e in trained if e.cut_after_batches is not None]
+        valid = [e.valid_seconds for e in epochs if e.valid_score is not None]
+        timings = [r.timing for r in runs if r.timing is not None]
+        memories = [r.memory for r in runs if r.memory is not None]
         rows.append(
             {
                 "model": model,
                 "device": device,
                 "seeds": len(runs),
-                "epochs": _mean([float(len(r.get("epochs") or [])) for r in runs]),
+                "epochs": _mean([float(r.epochs_run) for r in runs]),
                 "epoch_seconds": _median(whole) if whole else _median(cut),
                 "epoch_cut": not whole and bool(cut),
                 "valid_seconds": _median([v for v in valid if v]),
-                "train_seconds": _timing_mean(runs, "train_seconds"),
-                "test_seconds": _timing_mean(runs, "eval_seconds"),
-                "data_seconds": _timing_mean(runs, "data_seconds"),
-                "train_peak_mib": _peak(runs, "train"),
-                "test_peak_mib": _peak(runs, "test"),
-                "budget_limited": sum(bool(r.get("stopped_by_budget")) for r in runs),
+                "train_seconds": _known_mean([t.train_seconds for t in timings]),
+                "test_seconds": _known_mean([t.eval_seconds for t in timings]),
+                "data_seconds": _known_mean([t.data_seconds for t in timings]),
+                "train_peak_mib": _peak([m.train for m in memories]),
+                "test_peak_mib": _peak([m.test for m in memories]),
+                "budget_limited": sum(r.stopped_by_budget for r in runs),
             }
         )
     return rows
@@ -130,21 +129,27 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("note"):
         lines += ["", f"Runs: {report['note']}"]
-    lines += [
-        "",
-        "| model | device | seeds | epochs | epoch s | train s | valid s | test s | data s "
-        "| peak MiB train / test |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["model", "device", "seeds", "epochs", "epoch s", "train s", "valid s", "test s"]
+    header += ["data s", "peak MiB train / test"]
+    cells = []
     for row in report["rows"]:
         epoch = _fmt(row["epoch_seconds"]) + (" \u2020" if row["epoch_cut"] else "")
         memory = f"{_fmt(row['train_peak_mib'], 0)} / {_fmt(row['test_peak_mib'], 0)}"
-        lines.append(
-            f"| {row['model']} | {row['device']} | {row['seeds']} | {_fmt(row['epochs'])} "
-            f"| {epoch} | {_fmt(row['train_seconds'])} | {_fmt(row['valid_seconds'])} "
-            f"| {_fmt(row['test_seconds'])} "
-            f"| {_fmt(row['data_seconds'])} | {memory} |"
+        cells.append(
+            [
+                str(row["model"]),
+                str(row["device"]),
+                str(row["seeds"]),
+                _fmt(row["epochs"]),
+                epoch,
+                _fmt(row["train_seconds"]),
+                _fmt(row["valid_seconds"]),
+                _fmt(row["test_seconds"]),
+                _fmt(row["data_seconds"]),
+                memory,
+            ]
         )
+    lines += ["", *markdown_table(header, cells, [False, False] + [True] * 8)]
     missing = [r["model"] for r in report["rows"] if r["train_peak_mib"] is None]
     if missing:
         lines += [

@@ -167,12 +167,13 @@ class Ours:
         from recbole.config import Config
         from recbole.utils import init_seed
 
-        from bench.runner import RunRequest, prepare
+        from bench.contract import RunOptions
+        from bench.preflight import prepare
         from recbole_ext.data import load_dataset, prepare_data
 
         self.name = model
         self.device = torch.device(args.device)
-        request = RunRequest(
+        request = RunOptions(
             dataset=args.dataset,
             model=model,
             seed=args.seed,

@@ -146,8 +146,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/perf"))
     args = parser.parse_args()
 
-    from bench import configs
-
     info = machine()
     notes = [
         "1 worker runs trials in this process (PyTorch uses every core); with Ray each trial is "
@@ -160,10 +158,7 @@ def main() -> None:
     ]
     root = Path(tempfile.mkdtemp(prefix="tune-throughput-"))
     try:
-        shutil.copytree(
-            configs.CONFIG_DIR, root / "configs", ignore=shutil.ignore_patterns("tuned")
-        )
-        configs.CONFIG_DIR = root / "configs"  # exported tuned files stay out of the repository
+        # Tuned files go to each setting's --out (root / "out" / "tuned"), not the repository.
         (root / "space.yaml").write_text(SPACE)
         common = {"trials": args.trials, "epochs": args.epochs}
         # Warm-up: process and cache ml-100k once, so no setting pays for it.

@@ -1,7 +1,11 @@
-"""RecBole dataset glue: a cache keyed by the dataset config, and data preparation with the
-harness's training regimes and evaluation subsets.
+"""RecBole dataset glue: a cache keyed by the dataset config, data preparation with the
+harness's training regimes and evaluation subsets, and the harness's own settings.
 
-Harness keys read here (defaults in ``configs/defaults.yaml``):
+The harness's keys (defaults in ``configs/defaults.yaml``) are parsed once into a typed
+:class:`HarnessSettings` and handed to :func:`prepare_data` and the trainer
+(``recbole_ext.training``), not read from RecBole's ``Config``; a script that builds its own
+``Config`` with these keys in it may omit the settings, and they are read from the config. The
+data keys:
 
 - ``train_regime``: ``interactions`` (RecBole's: every interaction, or every prefix of a sequence,
   is one training sample) or ``users`` (whole sequences: for sequential data each user's longest
@@ -30,15 +34,17 @@ Harness keys read here (defaults in ``configs/defaults.yaml``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -367,6 +373,94 @@ class HeldOut:
         return heldout
 
 
+def _setting(default: Any, changes_results: bool, meaning: str) -> Any:
+    """A :class:`HarnessSettings` field; ``changes_results`` says whether two runs that differ
+    only in it may compute different numbers (such keys are part of a run's config hash; the
+    others say where or for how long a run executes)."""
+    return field(default=default, metadata={"changes_results": changes_results, "help": meaning})
+
+
+@dataclass(frozen=True)
+class HarnessSettings:
+    """The harness's own keys of a run, typed. Defaults are what an unset key meant before the
+    keys were typed (RecBole's own behaviour), not ``configs/defaults.yaml``'s values."""
+
+    train_regime: str = _setting(
+        "interactions", True, "interactions (RecBole's samples) or users (whole sequences)"
+    )
+    train_sample_limit: int = _setting(0, True, "train on a random subset of this many samples")
+    eval_user_limit: int = _setting(0, True, "evaluate a random subset of this many users")
+    exclude_history_items: bool = _setting(
+        False, True, "sequential models rank no item the user interacted with before"
+    )
+    heldout_users: HeldOut | None = _setting(None, True, "strong generalization")
+    time_budget_s: float = _setting(0.0, False, "training seconds before the run stops; 0: none")
+    threads: int = _setting(0, False, "PyTorch CPU threads; 0: the run's share of the cores")
+    stopping_warmup_epochs: int = _setting(
+        0, True, "early-stopping patience counts only from this epoch on"
+    )
+    bucket_by_length: bool = _setting(
+        False, True, "sequential batches of similar lengths, each padded to its own longest"
+    )
+    # RecBole's values bit for bit, but another code path: kept among the keys that make a run.
+    fast_evaluation: bool = _setting(True, True, "full ranking as one score matrix per batch")
+
+    # The one key models read too (to choose their loss): it stays in RecBole's Config.
+    MODEL_KEYS: ClassVar[frozenset[str]] = frozenset({"train_regime"})
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def placement_keys(cls) -> frozenset[str]:
+        """The keys that do not change what a run computes (``changes_results`` false)."""
+        return frozenset(
+            f.name for f in dataclasses.fields(cls) if not f.metadata["changes_results"]
+        )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> HarnessSettings:
+        """The harness keys of a merged config (other keys are ignored); an absent or null key
+        takes its default. Raises ValueError for a value the key cannot take."""
+        given = {k: values[k] for k in cls.keys() if k in values and values[k] is not None}
+        try:
+            settings = cls(
+                train_regime=str(given.get("train_regime", "interactions")),
+                train_sample_limit=int(given.get("train_sample_limit", 0)),
+                eval_user_limit=int(given.get("eval_user_limit", 0)),
+                exclude_history_items=bool(given.get("exclude_history_items", False)),
+                heldout_users=HeldOut.from_config(given.get("heldout_users")),
+                time_budget_s=float(given.get("time_budget_s", 0.0)),
+                threads=int(given.get("threads", 0)),
+                stopping_warmup_epochs=int(given.get("stopping_warmup_epochs", 0)),
+                bucket_by_length=bool(given.get("bucket_by_length", False)),
+                fast_evaluation=given.get("fast_evaluation", True) is not False,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"harness setting: {exc}") from exc
+        if settings.train_regime not in TRAIN_REGIMES:
+            raise ValueError(
+                f"train_regime must be one of {TRAIN_REGIMES}, not {settings.train_regime!r}"
+            )
+        for name in ("train_sample_limit", "eval_user_limit", "threads", "time_budget_s"):
+            if getattr(settings, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(settings, name)}")
+        return settings
+
+    @classmethod
+    def from_config(cls, config: Any) -> HarnessSettings:
+        """The harness keys a RecBole ``Config`` (or a plain mapping) holds: for scripts that
+        build their own config with the keys in it."""
+        values = {}
+        for key in cls.keys():
+            try:
+                values[key] = config[key]  # RecBole's Config answers None for an unset key
+            except KeyError:
+                continue
+        return cls.from_mapping(values)
+
+
 def strong_generalization_split(dataset: Any, heldout: HeldOut) -> tuple[Any, Any, Any, Any]:
     """(train, fold-in history, valid, test) datasets of whole held-out users.
 
@@ -461,13 +555,16 @@ class PreparedData:
         return iter((self.train, self.valid, self.test))
 
 
-def prepare_data(config: Any, dataset: Any) -> PreparedData:
+def prepare_data(
+    config: Any, dataset: Any, settings: HarnessSettings | None = None
+) -> PreparedData:
     """Split and build the train / valid / test dataloaders, as RecBole's ``data_preparation``
-    does, applying the harness keys (module docstring) on the way."""
-    regime = config["train_regime"] or "interactions"
-    if regime not in TRAIN_REGIMES:
-        raise ValueError(f"train_regime must be one of {TRAIN_REGIMES}, not {regime!r}")
-    heldout = HeldOut.from_config(config["heldout_users"])
+    does, applying the harness's ``settings`` (module docstring) on the way; without them, the
+    harness keys ``config`` holds."""
+    if settings is None:
+        settings = HarnessSettings.from_config(config)
+    regime = settings.train_regime
+    heldout = settings.heldout_users
     history_ds = None
     if heldout is not None:
         if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
@@ -476,7 +573,7 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
     else:
         train_ds, valid_ds, test_ds = dataset.build()
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
-    exclude_history = bool(config["exclude_history_items"]) and sequential
+    exclude_history = settings.exclude_history_items and sequential
     if exclude_history:
         histories = sequential_histories(train_ds, valid_ds)
     # The regime and the sample limit choose which rows the training batches draw; the model
@@ -487,8 +584,8 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
     elif regime == "users":
         one_sample_per_user(batch_ds)
     seed = int(config["seed"])
-    limit_samples(batch_ds, int(config["train_sample_limit"] or 0), seed)
-    limit_users([valid_ds, test_ds], int(config["eval_user_limit"] or 0), seed)
+    limit_samples(batch_ds, settings.train_sample_limit, seed)
+    limit_users([valid_ds, test_ds], settings.eval_user_limit, seed)
 
     # The evaluation samplers exclude the items of earlier phases: with held-out users that is
     # the fold-in history, so the first phase is the history rather than the training set.
@@ -504,7 +601,7 @@ def prepare_data(config: Any, dataset: Any) -> PreparedData:
         )
     if sequential and isinstance(train, TrainDataLoader):
         trim = accepts_trimmed_batches(type_of_model(config))
-        bucket = bool(config["bucket_by_length"])
+        bucket = settings.bucket_by_length
         if trim or bucket:
             train = LengthBucketedBatches(
                 train, seed, bucket=bucket, trim=trim, per_target=regime == "users"

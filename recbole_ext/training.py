@@ -9,10 +9,15 @@ For the trainers whose loop is RecBole's own ``Trainer.fit`` (nearly all), the l
 by :meth:`RecordingMixin.fit`, the same steps plus a "last" checkpoint after every epoch
 (:mod:`recbole_ext.run_state`) from which :meth:`RecordingMixin.resume` continues a killed run,
 and a ``stop_reason``. :func:`pretrain` runs a two-stage model's pre-training the same way.
+
+The harness keys the trainer follows (``time_budget_s``, ``stopping_warmup_epochs``,
+``fast_evaluation``) come from its :class:`~recbole_ext.data.HarnessSettings` (``settings``), not
+from RecBole's config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
@@ -28,6 +33,7 @@ from recbole.trainer.trainer import PretrainTrainer, S3RecTrainer, Trainer
 from recbole.utils import early_stopping, get_trainer, init_seed
 
 from recbole_ext import run_state
+from recbole_ext.data import HarnessSettings
 from recbole_ext.evaluation import full_ranking, supports_fast_ranking
 
 # How a run's training ended (``RecordingMixin.stop_reason``).
@@ -50,13 +56,15 @@ class BudgetExhausted(Exception):
 
 class _BudgetedBatches:
     """A training loader that ends its pass at the first batch boundary after ``deadline``
-    (``time.perf_counter()``): one epoch of a large dataset on a CPU can last longer than a whole
-    budget, so the budget is kept within a batch, not within an epoch. Everything else (length,
-    sampler, dataset) is the loader's."""
+    (``time.perf_counter()``), or after ``max_batches`` (a replayed cut: :class:`RecordedStop`):
+    one epoch of a large dataset on a CPU can last longer than a whole budget, so the budget is
+    kept within a batch, not within an epoch. Everything else (length, sampler, dataset) is the
+    loader's."""
 
-    def __init__(self, loader: Any, deadline: float) -> None:
+    def __init__(self, loader: Any, deadline: float, max_batches: int | None = None) -> None:
         self._loader = loader
         self._deadline = deadline
+        self._max_batches = max_batches
         self.batches = 0
         self.cut = False
 
@@ -64,7 +72,8 @@ class _BudgetedBatches:
         for batch in self._loader:
             yield batch
             self.batches += 1
-            if time.perf_counter() >= self._deadline:
+            spent = time.perf_counter() >= self._deadline
+            if spent or (self._max_batches is not None and self.batches >= self._max_batches):
                 self.cut = True
                 return
 
@@ -73,6 +82,17 @@ class _BudgetedBatches:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
+
+
+@dataclass(frozen=True)
+class RecordedStop:
+    """Where a recorded run's time budget ended a training stage: before epoch ``epochs``
+    (counting from 0), its last epoch cut after ``last_batches`` batches (None: that epoch ran
+    whole). A replay (``RecordingMixin.replay_stop``) stops there instead of on the clock, so a
+    budget-cut run can be run again to the same point."""
+
+    epochs: int
+    last_batches: int | None = None
 
 
 @dataclass
@@ -133,6 +153,8 @@ class RecordingMixin:
 
     epoch_callback: EpochCallback | None = None
     train_epoch_hook: TrainEpochHook | None = None
+    settings: HarnessSettings = HarnessSettings()  # frozen: a safe shared default
+    replay_stop: RecordedStop | None = None  # stop where a recorded run's budget stopped it
     cut_by_budget = False  # an epoch was ended part-way by ``time_budget_s``
     stop_reason: str | None = None  # one of STOP_REASONS once fit returned or the budget ran out
     last_checkpoint: Path | None = None  # where the state after each epoch goes (None: nowhere)
@@ -188,16 +210,24 @@ class RecordingMixin:
 
     def _train_epoch(self, train_data: Any, epoch_idx: int, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
-        budget = float(self.config["time_budget_s"] or 0)  # type: ignore[attr-defined]
+        budget = self.settings.time_budget_s
         if not hasattr(self, "_training_started"):
             # A resumed run's budget counts the training time of its earlier sittings.
             self._training_started = start - self.elapsed_before
         if budget and start - self._training_started >= budget:
             self.stop_reason = "time_budget"
             raise BudgetExhausted(f"time_budget_s={budget:g} spent after {epoch_idx} epochs")
+        replay, max_batches = self.replay_stop, None
+        if replay is not None:
+            if epoch_idx >= replay.epochs:
+                self.stop_reason = "time_budget"
+                raise BudgetExhausted(f"the recorded run's budget stopped it at epoch {epoch_idx}")
+            if epoch_idx == replay.epochs - 1:
+                max_batches = replay.last_batches
         batches = None
-        if budget and not isinstance(train_data, _BudgetedBatches):
-            batches = train_data = _BudgetedBatches(train_data, self._training_started + budget)
+        if (budget or max_batches is not None) and not isinstance(train_data, _BudgetedBatches):
+            deadline = self._training_started + budget if budget else math.inf
+            batches = train_data = _BudgetedBatches(train_data, deadline, max_batches)
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)  # type: ignore[misc]
         record = self._record(epoch_idx)
         if batches is not None and batches.cut:
@@ -219,7 +249,7 @@ class RecordingMixin:
             valid_data, show_progress=show_progress
         )
         epoch = self.epochs_record[-1].epoch if self.epochs_record else 0
-        warmup = int(self.config["stopping_warmup_epochs"] or 0)  # type: ignore[attr-defined]
+        warmup = self.settings.stopping_warmup_epochs
         if epoch + 1 < warmup:  # ``epoch`` counts from 0
             # RecBole's early_stopping runs next and adds one to cur_step unless the score
             # improved (then 0): either way no patience is spent during the warm-up.
@@ -244,7 +274,7 @@ class RecordingMixin:
         RecBole's values, bit for bit) where it applies and ``fast_evaluation`` is on; RecBole's
         own evaluation otherwise."""
         config = self.config  # type: ignore[attr-defined]
-        fast = config["fast_evaluation"] is not False  # unset (a bare Config): on
+        fast = self.settings.fast_evaluation
         if not eval_data or not fast or not supports_fast_ranking(config, eval_data):
             return super().evaluate(  # type: ignore[misc]
                 eval_data, load_best_model, model_file, show_progress
@@ -350,15 +380,18 @@ def recording_trainer(
     model: Any,
     epoch_callback: EpochCallback | None = None,
     train_epoch_hook: TrainEpochHook | None = None,
+    settings: HarnessSettings | None = None,
 ) -> Any:
     """Instantiate RecBole's trainer for ``model`` with per-epoch recording.
 
     ``epoch_callback(epoch, valid_score, valid_result)`` runs after each validation (pruning,
     learning curves); ``train_epoch_hook(epoch, record)`` after each training epoch (progress).
+    ``settings``: the harness's; without them, the harness keys ``config`` holds.
     """
     base = get_trainer(config["MODEL_TYPE"], config["model"])
     cls = type(f"Recording{base.__name__}", (RecordingMixin, base), {})
     trainer = cls(config, model)
+    trainer.settings = settings if settings is not None else HarnessSettings.from_config(config)
     trainer.epoch_callback = epoch_callback
     trainer.train_epoch_hook = train_epoch_hook
     trainer._init_records()
@@ -380,10 +413,15 @@ def pretrain(
     budget_s: float = 0,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    settings: HarnessSettings | None = None,
+    replay_stop: RecordedStop | None = None,
 ) -> tuple[Path, list[EpochRecord]]:
     """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs, or until ``budget_s``
     seconds are spent (0: no cap), and save the final weights (tensors only) and the stage's
     epoch records into ``checkpoint_dir`` (default: the config's), for fine-tuning to load.
+    ``settings``: the harness's (without them, those ``config`` holds); the stage's budget is
+    ``budget_s`` whatever their ``time_budget_s``. ``replay_stop``: end the stage where a
+    recorded run's budget ended it.
 
     The state after every epoch is kept in ``pretrain-last.pth`` until the stage ends; with
     ``resume`` a finished stage is not run again and an unfinished one continues from it.
@@ -396,8 +434,12 @@ def pretrain(
         return path, [EpochRecord(**r) for r in saved.get("records", [])]
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, model_dataset).to(config["device"])
-    trainer = recording_trainer(config, model)
-    trainer.config["time_budget_s"] = budget_s  # the stage's own share of the run's budget
+    if settings is None:
+        settings = HarnessSettings.from_config(config)
+    # The stage's own share of the run's budget.
+    stage_settings = dataclasses.replace(settings, time_budget_s=float(budget_s))
+    trainer = recording_trainer(config, model, settings=stage_settings)
+    trainer.replay_stop = replay_stop
     trainer.last_checkpoint = last
     if resume and last.is_file():
         trainer.resume(last, train_data)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from bench.contract import RunResult
 from bench.errors import BenchError
 
 FAST = {
@@ -63,11 +64,12 @@ def test_summary_pairs_seeds_and_tests_only_with_three_or_more() -> None:
     combos = [{"k": "full"}, {"k": "no-x"}]
     full = {0: 0.30, 1: 0.32, 2: 0.31}
     worse = {0: 0.20, 1: 0.25, 2: 0.22}
-    runs = {
-        (i, s): {"status": "ok", "test": {"ndcg@10": v[s]}, "valid": {"ndcg@10": v[s]}}
-        for i, v in enumerate((full, worse))
-        for s in (0, 1, 2)
-    }
+
+    def run(seed: int, status: str = "ok", value: float = 0.0) -> RunResult:
+        metrics = {"ndcg@10": value} if status == "ok" else {}
+        return RunResult(status, "d", "M", seed, test=metrics, valid=metrics)
+
+    runs = {(i, s): run(s, value=v[s]) for i, v in enumerate((full, worse)) for s in (0, 1, 2)}
     rows = summarize(combos, runs, [0, 1, 2], reference=0, valid_metric="ndcg@10")
     assert rows[0]["reference"] and rows[0]["ndcg@10_diff"] is None
     row = rows[1]
@@ -77,7 +79,7 @@ def test_summary_pairs_seeds_and_tests_only_with_three_or_more() -> None:
     expected = stats.ttest_rel(list(worse.values()), list(full.values())).pvalue
     assert row["ndcg@10_p"] == pytest.approx(expected)
     # Two seeds: the sign is still checked, no test is run; a failed seed is left out of pairs.
-    runs[(1, 2)] = {"status": "failed", "error": "boom"}
+    runs[(1, 2)] = run(2, status="failed")
     row = summarize(combos, runs, [0, 1, 2], 0, "ndcg@10")[1]
     assert row["seeds_ok"] == 2 and row["seeds_failed"] == 1
     assert row["ndcg@10_same_sign"] is True and row["ndcg@10_p"] is None
@@ -133,10 +135,10 @@ def test_two_key_grid_runs_every_variant_and_seed(
 
 
 def test_reference_falls_back_to_first_combination(tmp_path: Path) -> None:
-    from bench.runner import RunRequest, prepare
+    from bench.preflight import preflight
     from bench.tuning.ablation import find_reference, variants
 
-    base = prepare(RunRequest(dataset="ml-100k", model="SASRec", device="cpu"))
+    (base,) = preflight(["SASRec"], "ml-100k", device="cpu").runs
     index, reason = find_reference(base, variants({"n_layers": [3, 4]}))
     assert index == 0 and reason.startswith("the grid's first combination")
     assert "n_layers=2" in reason

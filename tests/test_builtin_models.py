@@ -66,16 +66,16 @@ def test_builtin_model_trains_and_evaluates(model: str, tmp_path: Path, dataset_
     settings = {**COMMON, **TINY[model]}
     out = _out(tmp_path, dataset_cache)
     summary = api.run([model], "ml-100k", settings=settings, out=out, device="cpu")
-    assert not summary.failed, summary.failed[0]["error"]["traceback"][-3000:]
+    assert not summary.failed, summary.failed[0].error.traceback[-3000:]
     (result,) = summary.results
     # RecBole's classes, or this package's subclasses of them (same parameters, same names).
-    assert result["status"] == "ok" and result["source"] == registry.get(model).source
-    assert _finite_metrics(result["test"]) and _finite_metrics(result["valid"])
-    assert result["data"]["train_samples"] == 2000 and result["data"]["test_users"] == 100
-    (epoch,) = result["epochs"]
-    assert math.isfinite(epoch["train_loss"]) and epoch["valid_score"] is not None
+    assert result.ok and result.source == registry.get(model).source
+    assert _finite_metrics(result.test) and _finite_metrics(result.valid)
+    assert result.data.train_samples == 2000 and result.data.test_users == 100
+    (epoch,) = result.epochs
+    assert math.isfinite(epoch.train_loss) and epoch.valid_score is not None
     for key, value in TINY[model].items():  # the tiny settings reached the model
-        assert result["config"][key] == value
+        assert result.config[key] == value
 
 
 def test_s3rec_pretrains_then_fine_tunes_in_one_command(tmp_path: Path, dataset_cache: Path):
@@ -107,7 +107,8 @@ def test_model_config_keys_are_known_and_documented(model: str):
     misspelt key would silently do nothing), is not a protocol key, and has its comment."""
     path = ROOT / "configs" / "models" / f"{model}.yaml"
     keys = configs.load_yaml(path)
-    known = configs.recbole_known_keys(model) | set(configs.load_yaml(configs.defaults_file()))
+    defaults = configs.ConfigTree.default().defaults_file
+    known = configs.recbole_known_keys(model) | set(configs.load_yaml(defaults))
     if registry.get(model).source == "recbole_ext":  # a subclass's own keys
         known |= {"sampled_negatives"}
     assert set(keys) <= known, sorted(set(keys) - known)
@@ -119,10 +120,11 @@ def test_model_config_keys_are_known_and_documented(model: str):
 
 
 def test_suites_name_registered_models():
-    suites = configs.load_yaml(configs.CONFIG_DIR / "suites.yaml")
+    tree = configs.ConfigTree.default()
+    suites = configs.load_yaml(tree.root / "suites.yaml")
     names = set(suites["default"]) | {m for models in suites["datasets"].values() for m in models}
     for name in sorted(names):
         assert registry.get(name).name == name
     for dataset in ("amazon-beauty", "amazon-sports", "ml-1m"):
-        assert set(BUILTINS) <= set(configs.suite(dataset))
-    assert len(configs.suite("ml-100k")) < len(configs.suite("ml-1m"))
+        assert set(BUILTINS) <= set(tree.suite(dataset))
+    assert len(tree.suite("ml-100k")) < len(tree.suite("ml-1m"))

@@ -12,7 +12,7 @@ import torch
 from recbole.model.general_recommender import Pop
 
 from bench import api, cli, configs
-from bench.results import read_per_user
+from bench.contract import read_per_user
 from recbole_ext import registry
 from tests.helpers import TINY, run_cli
 
@@ -38,6 +38,7 @@ def test_run_two_models_on_ml100k_then_resume(tmp_path):
     for model in ("Pop", "SASRec"):
         result = json.loads((out / "runs" / "ml-100k" / model / "seed-0.json").read_text())
         assert result["status"] == "ok" and result["model"] == model
+        assert result["schema"] == 2 and result["stop_reason"] == "epoch_limit"
         assert 0.0 <= result["test"]["ndcg@10"] <= 1.0
         assert result["data"]["users"] == 943 and result["data"]["source"] == "recbole wheel"
         assert result["data"]["test_users"] == 943
@@ -79,10 +80,11 @@ def test_one_failing_model_does_not_stop_the_others(tiny_sequences, monkeypatch)
     monkeypatch.setattr(registry, "get", get)
     out = tiny_sequences / "out"
     summary = api.run(["Exploding", "Pop"], "tiny", data_dir=tiny_sequences, out=out, epochs=1)
-    statuses = {r["model"]: r["status"] for r in summary.results}
+    statuses = {r.model: r.status for r in summary.results}
     assert statuses == {"Exploding": "failed", "Pop": "ok"}
     failed = json.loads((out / "runs" / "tiny" / "Exploding" / "seed-0.json").read_text())
     assert "exploded on purpose" in failed["error"]["message"]
+    assert failed["stop_reason"] == "failed"
     table = pd.read_csv(summary.leaderboard_csv).set_index("model")
     assert table.loc["Pop", "seeds"] == 1 and table.loc["Exploding", "failed"] == 1
 
@@ -97,9 +99,9 @@ def test_user_dataset_without_config_uses_the_default_protocol(tiny_sequences):
         settings=dict(TINY),
         seeds=[0, 1],
     )
-    assert [r["status"] for r in summary.results] == ["ok", "ok"]
-    assert summary.results[0]["config"]["valid_metric"] == "NDCG@10"
-    assert summary.results[0]["test"] != summary.results[1]["test"]  # seeds matter
+    assert [r.status for r in summary.results] == ["ok", "ok"]
+    assert summary.results[0].config["valid_metric"] == "NDCG@10"
+    assert summary.results[0].test != summary.results[1].test  # seeds matter
 
 
 def _main(monkeypatch, capsys, *args):
@@ -245,12 +247,12 @@ def test_cpu_device_is_recorded(tiny_sequences):
     summary = api.run(
         ["Pop"], "tiny", data_dir=tiny_sequences, out=tiny_sequences / "o", device="cpu"
     )
-    assert summary.results[0]["environment"]["device"] == "cpu"
-    assert torch.device(summary.results[0]["config"]["device"]).type == "cpu"
-    memory = summary.results[0]["memory"]
-    for phase in ("train", "test"):
-        assert memory[phase]["kind"] == "cpu_rss"
-        assert memory[phase]["peak_mib"] >= memory[phase]["start_mib"] > 10  # a Python + torch
+    assert summary.results[0].environment.device == "cpu"
+    assert torch.device(summary.results[0].config["device"]).type == "cpu"
+    memory = summary.results[0].memory
+    for phase in (memory.train, memory.test):
+        assert phase.kind == "cpu_rss"
+        assert phase.peak_mib >= phase.start_mib > 10  # a Python + torch
 
 
 def test_time_budget_stops_training_at_a_batch_boundary(tiny_sequences):
@@ -265,12 +267,12 @@ def test_time_budget_stops_training_at_a_batch_boundary(tiny_sequences):
         settings=settings,
     )
     result = summary.results[0]
-    assert result["status"] == "ok", result.get("error")
-    assert result["stopped_by_budget"] is True
-    assert len(result["epochs"]) == 1 and result["best_epoch"] == 0
-    assert result["epochs"][0]["cut_after_batches"] == 1
-    assert result["data"]["train_samples"] > 32
-    assert result["test"]["ndcg@10"] >= 0
+    assert result.ok, result.error
+    assert result.stopped_by_budget is True and result.stop_reason == "time_budget"
+    assert len(result.epochs) == 1 and result.best_epoch == 0
+    assert result.epochs[0].cut_after_batches == 1
+    assert result.data.train_samples > 32
+    assert result.test["ndcg@10"] >= 0
     # A last epoch cut short still marks the run as budget-limited.
     one = api.run(
         ["SASRec"],
@@ -280,7 +282,7 @@ def test_time_budget_stops_training_at_a_batch_boundary(tiny_sequences):
         epochs=1,
         settings=settings,
     ).results[0]
-    assert one["stopped_by_budget"] is True and one["epochs"][0]["cut_after_batches"] == 1
+    assert one.stopped_by_budget is True and one.epochs[0].cut_after_batches == 1
 
 
 def test_named_variants_are_separate_leaderboard_rows(tiny_sequences):
@@ -311,7 +313,7 @@ def test_threads_setting_sets_torch_threads(tiny_sequences):
             ["Pop"], "tiny", data_dir=tiny_sequences, out=tiny_sequences / "o",
             settings={"threads": before + 1},
         )  # fmt: skip
-        assert summary.results[0]["status"] == "ok"
+        assert summary.results[0].ok
         assert torch.get_num_threads() == before + 1  # differs from the default, whatever it is
     finally:
         torch.set_num_threads(before)
@@ -321,10 +323,10 @@ def test_a_model_file_may_not_change_the_protocol(tmp_path, monkeypatch, capsys)
     """The maximum sequence length is the dataset's: a model file that set it would put its row
     on another benchmark than the rest of the leaderboard."""
     tree = tmp_path / "configs"
-    shutil.copytree(configs.CONFIG_DIR, tree)
+    shutil.copytree(configs.PACKAGE_CONFIG_DIR, tree)
     with open(tree / "models" / "SASRec.yaml", "a", encoding="utf-8") as file:
         file.write("MAX_ITEM_LIST_LENGTH: 20   # (int) shorter history\n")
-    monkeypatch.setattr(configs, "CONFIG_DIR", tree)
+    monkeypatch.setenv(configs.CONFIG_DIR_ENV, str(tree))
     out = tmp_path / "out"
     code, captured = _main(
         monkeypatch, capsys, "run", "--models", "SASRec", "--dataset", "ml-100k", "--out", str(out)
@@ -335,7 +337,7 @@ def test_a_model_file_may_not_change_the_protocol(tmp_path, monkeypatch, capsys)
     assert not out.exists()
 
 
-MODEL_FILES = sorted((configs.CONFIG_DIR / "models").glob("*.yaml"))
+MODEL_FILES = sorted((configs.PACKAGE_CONFIG_DIR / "models").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)

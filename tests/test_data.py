@@ -6,6 +6,7 @@ import numpy as np
 from recbole.config import Config
 
 from recbole_ext.data import (
+    HarnessSettings,
     LengthBucketedBatches,
     load_dataset,
     prepare_data,
@@ -173,3 +174,15 @@ def test_dataset_cache_is_reused_and_keyed_by_config(tiny_sequences):
     assert not cached
     assert len(list(cache.glob("*.pkl"))) == 2
     assert np.array_equal(first.inter_feat["item_id"].values, second.inter_feat["item_id"].values)
+
+
+def test_typed_settings_are_what_the_preparation_follows(tiny_sequences):
+    """Given the harness's settings, prepare_data reads none of the harness keys a Config
+    holds (the harness keeps them out of it); without, it reads the config's (scripts)."""
+    config = _config(tiny_sequences, train_sample_limit=50, eval_user_limit=7)
+    dataset, _ = load_dataset(config)
+    settings = HarnessSettings(train_sample_limit=30, eval_user_limit=5)
+    train, valid, _ = prepare_data(config, dataset, settings)
+    assert len(train._dataset) == 30
+    assert len(set(valid._dataset.inter_feat["user_id"].numpy())) == 5
+    assert HarnessSettings.from_config(config).train_sample_limit == 50

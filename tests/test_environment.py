@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from bench.environment import git_commit
+from bench.environment import code_version, git_commit
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -29,3 +29,27 @@ def test_a_changed_leaderboard_does_not_make_the_code_dirty(tmp_path):
 
     (repo / "model.py").write_text("x = 2\n")
     assert git_commit.__wrapped__(repo) == f"{head}-dirty"
+
+
+def test_a_commit_of_results_alone_leaves_the_code_version(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "results" / "runs").mkdir(parents=True)
+    (repo / "model.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    commit = ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm")
+    _git(repo, *commit, "code")
+    code = _git(repo, "rev-parse", "HEAD")
+
+    (repo / "results" / "runs" / "seed-0.json").write_text("{}\n")
+    _git(repo, "add", ".")
+    _git(repo, *commit, "results only")
+    assert _git(repo, "rev-parse", "HEAD") != code
+    assert code_version.__wrapped__(repo) == code  # HEAD moved; the code did not
+    assert git_commit.__wrapped__(repo) == _git(repo, "rev-parse", "HEAD")
+
+    (repo / "model.py").write_text("x = 2\n")
+    assert code_version.__wrapped__(repo) == f"{code}-dirty"
+    _git(repo, "add", ".")
+    _git(repo, *commit, "more code")
+    assert code_version.__wrapped__(repo) == _git(repo, "rev-parse", "HEAD")

@@ -4,6 +4,7 @@ the same user order and identical mean metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from recbole.model.general_recommender.bpr import BPR
 from recbole.trainer.trainer import DecisionTreeTrainer, Trainer
 from recbole.utils import init_seed
 
-from bench.runner import RunRequest, prepare
+from bench.preflight import preflight
 from recbole_ext import evaluation
 from recbole_ext.data import fold_in, load_dataset, prepare_data
 from recbole_ext.evaluation import full_ranking, supports_fast_ranking, users_per_batch
@@ -43,10 +44,11 @@ class Run:
     preparation, with its recording trainer."""
 
     def __init__(self, model: str, cache_dir: Path, **settings: Any) -> None:
-        prepared = prepare(
-            RunRequest(dataset="ml-100k", model=model, settings={**CHEAP, **settings}, device="cpu")
-        )
-        config_dict = dict(prepared.config_dict)
+        (prepared,) = preflight(
+            [model], "ml-100k", settings={**CHEAP, **settings}, device="cpu"
+        ).runs
+        self.settings = prepared.settings
+        config_dict = dict(prepared.recbole_config)
         config_dict.update(
             data_path=str(prepared.data_path), checkpoint_dir=tempfile.mkdtemp(prefix="ck-")
         )
@@ -55,7 +57,7 @@ class Run:
         )
         init_seed(self.config["seed"], self.config["reproducibility"])
         dataset, _ = load_dataset(self.config, cache_dir)
-        self.data = prepare_data(self.config, dataset)
+        self.data = prepare_data(self.config, dataset, self.settings)
         self.model_class = prepared.spec.cls
 
     def train(self, model_class: type | None = None) -> Run:
@@ -64,17 +66,17 @@ class Run:
         self.model = cls(self.config, self.data.model_dataset).to(self.config["device"])
         if self.data.fold_in is not None:
             fold_in(self.model, self.data.fold_in)
-        self.trainer = recording_trainer(self.config, self.model)
+        self.trainer = recording_trainer(self.config, self.model, settings=self.settings)
         self.trainer._train_epoch(self.data.train, 0)
         return self
 
     def recbole(self, loader: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """RecBole's own evaluation (the trainer's fast path switched off)."""
-        self.config["fast_evaluation"] = False
+        self.trainer.settings = dataclasses.replace(self.settings, fast_evaluation=False)
         try:
             result = self.trainer.evaluate(loader, load_best_model=False)
         finally:
-            self.config["fast_evaluation"] = True
+            self.trainer.settings = self.settings
         return dict(result), self.trainer.last_per_user
 
     def through_trainer(self, loader: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bench import leaderboard
+from bench.contract import RunResult, parse_result, write_result
 from bench.errors import BenchError
-from bench.results import PER_USER_KEY, write_result
 
 USERS = np.array([f"u{i}" for i in range(60)])
 
@@ -56,12 +57,19 @@ def _result(
         "finished_at": finished,
     }
     if per_user is not None:
-        result[PER_USER_KEY] = {
+        result["per_user"] = {
             "user_id": USERS,
             "ndcg@10": per_user,
             "hit@10": (per_user > 0).astype(float),
         }
     return result
+
+
+def _write(out, record: dict) -> None:
+    """Store a schema-1 style record (as the committed results are) through the contract."""
+    record = dict(record)
+    per_user = record.pop("per_user", None)
+    write_result(out, dataclasses.replace(parse_result(record), per_user=per_user))
 
 
 def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
@@ -71,7 +79,7 @@ def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
         _result("B", 0, 0.30),
         _result("C", 0, 0.0, status="failed"),
     ]:
-        write_result(tmp_path, r)
+        _write(tmp_path, r)
     csv_path, md_path = leaderboard.write(tmp_path, "d")
     table = pd.read_csv(csv_path)
     assert list(table["model"]) == ["B", "A", "C"]
@@ -89,14 +97,14 @@ def test_mean_over_seeds_best_marked_and_failures_counted(tmp_path):
 
 
 def test_rows_mixing_configs_commits_or_data_are_flagged(tmp_path):
-    write_result(tmp_path, _result("A", 0, 0.1, config_hash="x"))
-    write_result(tmp_path, _result("A", 1, 0.2, config_hash="y"))
-    write_result(tmp_path, _result("B", 0, 0.1, commit="c1"))
-    write_result(tmp_path, _result("B", 1, 0.2, commit="c2-dirty"))
-    write_result(tmp_path, _result("C", 0, 0.1, data_hash="h1"))
-    write_result(tmp_path, _result("C", 1, 0.2, data_hash="h2"))
-    write_result(tmp_path, _result("D", 0, 0.1))
-    write_result(tmp_path, _result("D", 1, 0.2))
+    _write(tmp_path, _result("A", 0, 0.1, config_hash="x"))
+    _write(tmp_path, _result("A", 1, 0.2, config_hash="y"))
+    _write(tmp_path, _result("B", 0, 0.1, commit="c1"))
+    _write(tmp_path, _result("B", 1, 0.2, commit="c2-dirty"))
+    _write(tmp_path, _result("C", 0, 0.1, data_hash="h1"))
+    _write(tmp_path, _result("C", 1, 0.2, data_hash="h2"))
+    _write(tmp_path, _result("D", 0, 0.1))
+    _write(tmp_path, _result("D", 1, 0.2))
     csv_path, md_path = leaderboard.write(tmp_path, "d")
     table = pd.read_csv(csv_path, keep_default_na=False).set_index("model")
     assert table.loc["A", "flags"] == "mixed-config" and table.loc["A", "config_hash"] == "x,y"
@@ -125,7 +133,7 @@ def _significance_fixture(tmp_path):
             "Weak": base + noise,
         }
         for model, values in runs.items():
-            write_result(
+            _write(
                 tmp_path,
                 _result(
                     model,
@@ -200,15 +208,15 @@ def test_protocol_differences_across_rows_are_noted(tmp_path):
     general = _result("G", 0, 0.1)
     general["family"] = "general"
     general["config"]["MAX_ITEM_LIST_LENGTH"] = 7  # not read by a general model
-    write_result(tmp_path, general)
-    write_result(tmp_path, _result("S", 0, 0.2))
+    _write(tmp_path, general)
+    _write(tmp_path, _result("S", 0, 0.2))
     _, md_path = leaderboard.write(tmp_path, "d")
     prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
     assert prov["protocol"]["max_sequence_length"] == 50 and prov["protocols"] == []
     assert "different protocols" not in md_path.read_text()
     other = _result("T", 0, 0.3)
     other["config"]["MAX_ITEM_LIST_LENGTH"] = 200
-    write_result(tmp_path, other)
+    _write(tmp_path, other)
     _, md_path = leaderboard.write(tmp_path, "d")
     md = md_path.read_text()
     assert "Rows followed different protocols" in md
@@ -217,8 +225,8 @@ def test_protocol_differences_across_rows_are_noted(tmp_path):
 
 
 def test_unknown_baseline_is_a_bench_error(tmp_path):
-    write_result(tmp_path, _result("A", 0, 0.1))
-    write_result(tmp_path, _result("F", 0, 0.0, status="failed"))
+    _write(tmp_path, _result("A", 0, 0.1))
+    _write(tmp_path, _result("F", 0, 0.0, status="failed"))
     with pytest.raises(BenchError, match="unknown"):
         leaderboard.write(tmp_path, "d", baseline="Nope")
     with pytest.raises(BenchError, match="no successful run"):
@@ -233,8 +241,8 @@ def test_no_results_writes_nothing(tmp_path):
 def test_budget_limited_runs_are_noted(tmp_path):
     result = _result("A", 0, 0.1)
     result["stopped_by_budget"] = True
-    write_result(tmp_path, result)
-    write_result(tmp_path, _result("A", 1, 0.2))
+    _write(tmp_path, result)
+    _write(tmp_path, _result("A", 1, 0.2))
     csv_path, md_path = leaderboard.write(tmp_path, "d")
     assert pd.read_csv(csv_path).loc[0, "budget_limited"] == 1
     assert "A: 1 of 2 run(s) stopped by the training time budget" in md_path.read_text()
@@ -245,8 +253,8 @@ def test_capped_runs_put_a_budget_limited_line_in_the_header(tmp_path):
         result = _result("A", seed, 0.1 + seed)
         result["config"] = {**(result.get("config") or {}), "time_budget_s": cap}
         result["stopped_by_budget"] = stopped
-        write_result(tmp_path, result)
-    write_result(tmp_path, _result("B", 0, 0.3))
+        _write(tmp_path, result)
+    _write(tmp_path, _result("B", 0, 0.3))
     text = leaderboard.write(tmp_path, "d")[1].read_text()
     header = text.split("| model |")[0]
     assert "**Budget-limited:** 1 of 3 runs stopped at a wall-clock training cap" in header
@@ -257,7 +265,7 @@ def test_provenance_names_the_commands_that_made_the_board(tmp_path):
     for seed in (0, 1):
         result = _result("A", seed, 0.1 + seed / 10)
         result["command"] = f"bench run --models A --dataset d --seeds {seed}"
-        write_result(tmp_path, result)
+        _write(tmp_path, result)
     _, md_path = leaderboard.write(tmp_path, "d")
     prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
     assert prov["models"]["A"]["commands"] == [
@@ -271,7 +279,7 @@ def test_provenance_names_the_commands_that_made_the_board(tmp_path):
 def test_a_refresh_after_new_runs_keeps_the_baseline(tmp_path):
     _significance_fixture(tmp_path)
     leaderboard.write(tmp_path, "d", baseline="Weak")
-    write_result(tmp_path, _result("New", 0, 0.05))
+    _write(tmp_path, _result("New", 0, 0.05))
     _, md_path = leaderboard.refresh(tmp_path, "d")
     assert "significantly different from the baseline, Weak" in md_path.read_text()
     prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
@@ -305,7 +313,7 @@ def _skewed_fixture(tmp_path):
     ref = rng.random(60) * 0.5
     diff = np.concatenate([np.full(45, 0.02), np.full(5, -0.18), np.zeros(10)])
     for model, values in {"Top": ref + 0.3, "Ref": ref, "Skew": ref + diff}.items():
-        write_result(tmp_path, _result(model, 0, float(values.mean()), per_user=values))
+        _write(tmp_path, _result(model, 0, float(values.mean()), per_user=values))
 
 
 def test_the_t_test_decides_the_markers_unless_wilcoxon_is_asked(tmp_path):
@@ -335,7 +343,7 @@ def test_the_t_test_decides_the_markers_unless_wilcoxon_is_asked(tmp_path):
     assert prov["statistics"]["marker_test"] == "wilcoxon"
     assert prov["rebuild_command"].endswith("--baseline Ref --test wilcoxon")
     # A refresh after new runs keeps the test the board was built with.
-    write_result(tmp_path, _result("New", 0, 0.05))
+    _write(tmp_path, _result("New", 0, 0.05))
     leaderboard.refresh(tmp_path, "d")
     assert leaderboard.written_test(tmp_path, "d") == "wilcoxon"
     with pytest.raises(BenchError, match="unknown test"):
@@ -371,7 +379,7 @@ def test_rows_within_seed_noise_of_a_reference_are_flagged(tmp_path):
         "Solo": [0.309],  # one seed: no std, never flagged
     }.items():
         for seed, value in enumerate(values):
-            write_result(tmp_path, _result(model, seed, value))
+            _write(tmp_path, _result(model, seed, value))
     _, md_path = leaderboard.write(tmp_path, "d")
     md = md_path.read_text()
     flags = {m: _row(md, m)[4] for m in ("Best", "Near", "Far", "Solo")}
@@ -391,7 +399,7 @@ def test_the_regime_column_names_how_sequential_rows_trained(tmp_path):
         result["family"] = family
         if regime is not None:
             result["config"]["train_regime"] = regime
-        write_result(tmp_path, result)
+        _write(tmp_path, result)
 
     run("Whole", 0, "sequential", "users")
     run("Prefix", 0, "sequential", "interactions")
@@ -415,3 +423,57 @@ def test_the_regime_column_names_how_sequential_rows_trained(tmp_path):
     assert "`regime`: how a sequential model trained" in md
     prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
     assert prov["models"]["Mixed"]["train_regimes"] == ["users", "interactions"]
+
+
+def _typed(model: str, seed: int, ndcg: float, **fields) -> RunResult:
+    """A schema-2 result (as the runner writes them now)."""
+    record = {k: v for k, v in _result(model, seed, ndcg).items() if k != "stopped_by_budget"}
+    return dataclasses.replace(parse_result(record), **fields)
+
+
+def test_rows_and_header_say_how_the_runs_stopped(tmp_path):
+    write_result(tmp_path, _typed("A", 0, 0.10, stop_reason="early_stopping"))
+    write_result(tmp_path, _typed("A", 1, 0.20, stop_reason="early_stopping"))
+    write_result(tmp_path, _typed("B", 0, 0.30, stop_reason="epoch_limit"))
+    csv_path, md_path = leaderboard.write(tmp_path, "d")
+    table = pd.read_csv(csv_path).set_index("model")
+    assert table.loc["A", "stop_reasons"] == "early_stopping:2"
+    assert table.loc["B", "stop_reasons"] == "epoch_limit:1"
+    md = md_path.read_text()
+    assert _row(md, "A")[-2:] == ["early 2", "`a`"] and _row(md, "B")[-2] == "limit 1"
+    header = md.split("| model |")[0]
+    assert (
+        "**Converged:** no run was cut by a training time budget; of 3 runs, 2 ended by early "
+        "stopping and 1 at their epoch limit (`epochs`)." in header
+    )
+    assert "`stop`: how the row's runs ended" in header and "Budget-limited" not in header
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["models"]["A"]["stop_reasons"] == {"early_stopping": 2}
+    assert prov["runs"]["stop_reasons"] == {"early_stopping": 2, "epoch_limit": 1}
+
+    cut = _typed("C", 0, 0.05, stop_reason="time_budget", config={"time_budget_s": 60.0})
+    write_result(tmp_path, cut)
+    md = leaderboard.write(tmp_path, "d")[1].read_text()
+    header = md.split("| model |")[0]
+    assert "**Budget-limited:** 1 of 4 runs stopped at a wall-clock training cap" in header
+    assert "Converged" not in header and _row(md, "C")[-2] == "budget 1"
+
+
+def test_a_commit_that_only_adds_results_leaves_a_row_one_code_version(tmp_path):
+    """Seeds run before and after a results-only commit differ in HEAD but not in the last
+    commit that changed code: one code version, no mixed-commit flag."""
+    for seed, head in enumerate(["c1", "c2"]):
+        result = _typed("A", seed, 0.1 + seed / 10, stop_reason="early_stopping")
+        result.environment.git_commit = head
+        write_result(tmp_path, dataclasses.replace(result, code_version="code1"))
+    write_result(tmp_path, _typed("B", 0, 0.3, stop_reason="early_stopping", code_version="x"))
+    write_result(tmp_path, _typed("B", 1, 0.3, stop_reason="early_stopping", code_version="y"))
+    csv_path, md_path = leaderboard.write(tmp_path, "d")
+    table = pd.read_csv(csv_path, keep_default_na=False).set_index("model")
+    assert table.loc["A", "flags"] == "" and table.loc["B", "flags"] == "mixed-commit"
+    prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
+    assert prov["models"]["A"]["git_commits"] == ["c1", "c2"]
+    assert prov["models"]["A"]["code_versions"] == ["code1"]
+    md = md_path.read_text()
+    assert "Seeds of B ran on different code versions (x, y)." in md
+    assert "- Code: commit `code1`, `x`, `y`." in md

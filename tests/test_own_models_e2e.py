@@ -54,7 +54,7 @@ def test_runs_through_bench_run(model, tmp_path):
         settings.pop("train_sample_limit")  # count-based: the statistics are the model
     summary = api.run([model], "ml-100k", out=tmp_path, settings=settings)
     result = summary.results[0]
-    assert result["status"] == "ok", result.get("error", {}).get("traceback")
-    assert result["family"] in ("sequential", "general", "traditional")
-    assert result["test"] and all(math.isfinite(v) for v in result["test"].values())
-    assert result["data"]["test_users"] == 100
+    assert result.ok, result.error
+    assert result.family in ("sequential", "general", "traditional")
+    assert result.test and all(math.isfinite(v) for v in result.test.values())
+    assert result.data.test_users == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from bench import configs, plans
+from bench import configs, contract, plans
 from bench.errors import BenchError
 from tests.helpers import ROOT
 
@@ -49,7 +50,7 @@ jobs:
 def test_a_job_of_all_models_runs_the_datasets_suite(tmp_path):
     path = write_plan(tmp_path, "jobs:\n  - {dataset: amazon-sports, models: all, seeds: [0, 1]}\n")
     runs = plans.load_plan(path)
-    suite = configs.suite("amazon-sports")
+    suite = configs.ConfigTree.default().suite("amazon-sports")
     assert [r.model for r in runs] == [m for m in suite for _ in (0, 1)] and len(suite) > 20
 
 
@@ -116,18 +117,35 @@ baselines: {tiny: Pop-variant}
 
     # A result its budget cut off stands for a run with the same cap, not for an uncapped one.
     variant = out / "runs" / "tiny" / "Pop-variant" / "seed-0.json"
-    cut = json.loads(variant.read_text())
-    variant.write_text(json.dumps({**cut, "stopped_by_budget": True}))
+    cut = dataclasses.replace(contract.read_result(variant), stop_reason="time_budget")
+    contract.write_result(out, cut)
     assert not plans.execute(path, resume=True, **common).runs
     uncapped = write_plan(tiny_sequences, path.read_text().replace("budget_s: 500", "budget_s: 0"))
     rerun = plans.execute(uncapped, resume=True, **common)
     assert [(r["name"], r["returncode"]) for r in rerun.runs] == [("Pop-variant", 0)]
-    assert json.loads(variant.read_text())["stopped_by_budget"] is False
+    assert contract.read_result(variant).stopped_by_budget is False
 
     # 0.5 s left after the reserve: below min_budget_s, so nothing starts.
     late = plans.execute(path, deadline_s=100, reserve_s=99.5, min_budget_s=1, **common)
     assert not late.runs and [r["name"] for r in late.not_started] == [None, None, "Pop-variant"]
     assert all(r["why"].endswith("s left") for r in late.not_started)
+
+
+def test_a_plan_is_checked_whole_before_its_first_run_starts(tiny_sequences):
+    """The pre-flight of every run (as `bench run` would check it) comes first: a misspelt
+    setting in the plan's last job stops the plan before any process starts."""
+    path = write_plan(
+        tiny_sequences,
+        """
+jobs:
+  - {dataset: tiny, models: [Pop]}
+  - {dataset: tiny, models: [SASRec], set: {hiden_size: 8}}
+""",
+    )
+    out = tiny_sequences / "out"
+    with pytest.raises(BenchError, match="unknown setting 'hiden_size'.*did you mean hidden_size"):
+        plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=print)
+    assert not (out / "plans").exists() and not (out / "runs").exists()
 
 
 def _ctrl_c(_seconds):
@@ -182,7 +200,7 @@ def test_shipped_plans_name_known_models_and_datasets(plan):
     assert runs
     for run in runs:
         assert registry.get(run.model)
-        assert configs.has_dataset_config(run.dataset)
+        assert configs.ConfigTree.default().has_dataset_config(run.dataset)
     labels = {run.label for run in runs}
     for baseline in plans.load_baselines(plan).values():
         assert baseline in labels or registry.get(baseline)

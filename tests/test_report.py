@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from bench import api, leaderboard, plots
 from bench.cli import app
+from bench.contract import parse_result
 from bench.errors import BenchError
 from bench.report import write_report
 
@@ -35,20 +36,20 @@ def _synthetic_results(models=(("A", 1.0), ("B", 0.5))):
     for model, scale in models:
         for seed in (0, 1):
             epochs = 3 if seed == 0 else 2  # early stopping: curves align by epoch
-            results.append(
-                {
-                    "status": "ok",
-                    "model": model,
-                    "seed": seed,
-                    "valid_metric": "ndcg@10",
-                    "epochs": [
-                        {"epoch": e, "valid_score": scale * (e + 1) / 10 + seed / 100}
-                        for e in range(epochs)
-                    ],
-                    "test": {"ndcg@5": scale * 0.1, "ndcg@10": scale * 0.2, "hit@10": scale * 0.3},
-                    "timing": {"train_seconds": 1.0},
-                }
-            )
+            record = {
+                "status": "ok",
+                "dataset": "d",
+                "model": model,
+                "seed": seed,
+                "valid_metric": "ndcg@10",
+                "epochs": [
+                    {"epoch": e, "valid_score": scale * (e + 1) / 10 + seed / 100}
+                    for e in range(epochs)
+                ],
+                "test": {"ndcg@5": scale * 0.1, "ndcg@10": scale * 0.2, "hit@10": scale * 0.3},
+                "timing": {"train_seconds": 1.0},
+            }
+            results.append(parse_result(record))
     return results
 
 
@@ -103,20 +104,29 @@ def test_report_from_real_runs(real_runs):
     assert "## Significance (ndcg@10)" in text and "| BPR | Pop (best) | ndcg@10 | 943 |" in text
     assert "| Pop | BPR (baseline) | ndcg@10 | 943 |" in text
     assert "## Training time" in text and "## Provenance" in text
-    assert "Full record: `provenance.json`" in text
     links = re.findall(r"\]\((figures/[^)]+)\)", text)
     assert {Path(link).suffix for link in links} == {".png", ".svg"} and len(links) == 6
     for link in links:
         assert (path.parent / link).stat().st_size > 0
     _check_figures([path.parent / "figures" / "learning_curves.png", path.parent / link])
-    sig = pd.read_csv(path.parent / "significance.csv")
+    # The significance table and the provenance record are the leaderboard's files, linked,
+    # not copied; the report wrote the leaderboard with its own baseline, so they agree.
+    record = "[`leaderboard/ml-100k.provenance.json`](../../leaderboard/ml-100k.provenance.json)"
+    assert f"Full record: {record}." in text
+    table = "[`leaderboard/ml-100k.significance.csv`](../../leaderboard/ml-100k.significance.csv)"
+    assert f"All metric@k: {table}." in text
+    linked = re.findall(r"\]\((\.\./\.\./leaderboard/[^)]+)\)", text)
+    assert linked and all((path.parent / target).is_file() for target in linked)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["figures", "report.md"]
+    sig = pd.read_csv(real_runs / "leaderboard" / "ml-100k.significance.csv")
     assert set(sig["reference"]) == {"Pop", "BPR"} and (sig["n_users"] == 943).all()
-    assert (path.parent / "provenance.json").is_file()
     assert not list(path.parent.rglob("*.tmp"))
-    # bench run refreshed the leaderboard with the same statistics, without a baseline.
+    assert "Rebuilt by `bench report --results" in text
     board_md = (real_runs / "leaderboard" / "ml-100k.md").read_text()
-    assert "## Significance (ndcg@10)" in board_md and "(baseline)" not in board_md
-    assert (real_runs / "leaderboard" / "ml-100k.provenance.json").is_file()
+    assert "## Significance (ndcg@10)" in board_md and "BPR (baseline)" in board_md
+    provenance = json.loads((real_runs / "leaderboard" / "ml-100k.provenance.json").read_text())
+    assert provenance["rebuild_command"].startswith("bench leaderboard --results")
+    assert provenance["rebuild_command"].endswith("--baseline BPR")
 
 
 def test_cli_report_and_leaderboard_baseline(real_runs):
@@ -146,7 +156,7 @@ def test_cli_test_option_picks_the_test_that_decides_the_markers(real_runs):
     assert done.exit_code == 0, done.output
     folder = real_runs / "reports" / "ml-100k"
     assert "the Wilcoxon signed-rank test decides the markers" in (folder / "report.md").read_text()
-    provenance = json.loads((folder / "provenance.json").read_text())
+    provenance = json.loads((real_runs / "leaderboard" / "ml-100k.provenance.json").read_text())
     assert provenance["statistics"]["marker_test"] == "wilcoxon"
     assert provenance["rebuild_command"].endswith("--test wilcoxon")
     bad = runner.invoke(app, [*report_args, "--test", "sign"])
@@ -170,7 +180,8 @@ def test_kl_curves_plot_every_kl_term_and_skip_models_without_one(tmp_path):
             {"epoch": i, "valid_score": 0.1, "loss_terms": {"rec": 1.0, **terms}}
             for i, terms in enumerate(kls)
         ]
-        return {"status": "ok", "model": model, "seed": seed, "epochs": epochs}
+        record = {"status": "ok", "dataset": "d", "model": model, "seed": seed, "epochs": epochs}
+        return parse_result(record)
 
     results = [
         run("Hybrid", 0, [{"kl1": 5.0, "kl2": 4.0}, {"kl1": 1.0, "kl2": 0.5}]),

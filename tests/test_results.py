@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench import results
+from bench import contract
 
 CONFIG = {
     "stopping_step": 10,
@@ -26,12 +28,19 @@ WANTED = {
 }
 
 
-def result(stopped_by_budget: bool, **config) -> dict:
-    return {"status": "ok", "stopped_by_budget": stopped_by_budget, "config": {**CONFIG, **config}}
+def result(stopped_by_budget: bool, **config) -> contract.RunResult:
+    return contract.RunResult(
+        status="ok",
+        dataset="tiny",
+        model="Pop",
+        seed=0,
+        stop_reason="time_budget" if stopped_by_budget else "early_stopping",
+        config={**CONFIG, **config},
+    )
 
 
 def test_a_result_answers_a_run_with_the_same_settings_as_recbole_resolved_them():
-    assert results.answers(result(False), WANTED)
+    assert contract.answers(result(False), WANTED)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +48,7 @@ def test_a_result_answers_a_run_with_the_same_settings_as_recbole_resolved_them(
     [{"stopping_step": 200}, {"learning_rate": 0.002}, {"metrics": ["NDCG"]}],
 )
 def test_a_changed_setting_runs_again(changed):
-    assert not results.answers(result(False), {**WANTED, **changed})
+    assert not contract.answers(result(False), {**WANTED, **changed})
 
 
 @pytest.mark.parametrize(
@@ -47,20 +56,21 @@ def test_a_changed_setting_runs_again(changed):
     [(0, False), (600, False), (240, True), (100, True)],
 )
 def test_a_run_its_budget_stopped_stands_only_for_a_budget_no_larger(budget, reused):
-    assert results.answers(result(True), {**WANTED, "time_budget_s": budget}) is reused
+    assert contract.answers(result(True), {**WANTED, "time_budget_s": budget}) is reused
 
 
 def test_a_run_that_stopped_early_stands_for_any_budget():
-    assert results.answers(result(False), {**WANTED, "time_budget_s": 0})
+    assert contract.answers(result(False), {**WANTED, "time_budget_s": 0})
 
 
 def test_only_a_successful_result_file_counts(tmp_path):
-    path = results.run_path(tmp_path, "tiny", "Pop", 0)
+    path = contract.run_path(tmp_path, "tiny", "Pop", 0)
     path.parent.mkdir(parents=True)
-    assert not results.completed(tmp_path, "tiny", "Pop", 0)
-    path.write_text('{"status": "failed"}')
-    assert not results.completed(tmp_path, "tiny", "Pop", 0)
-    path.write_text('{"status": "ok", "stopped_by_budget": false, "config": {}}')
-    assert results.completed(tmp_path, "tiny", "Pop", 0)
+    assert not contract.completed(tmp_path, "tiny", "Pop", 0)
+    record = {"dataset": "tiny", "model": "Pop", "seed": 0}
+    path.write_text(json.dumps({**record, "status": "failed"}))
+    assert not contract.completed(tmp_path, "tiny", "Pop", 0)
+    path.write_text(json.dumps({**record, "status": "ok", "stopped_by_budget": False}))
+    assert contract.completed(tmp_path, "tiny", "Pop", 0)
     path.write_text("{not json")
-    assert not results.completed(tmp_path, "tiny", "Pop", 0)
+    assert not contract.completed(tmp_path, "tiny", "Pop", 0)

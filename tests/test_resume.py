@@ -60,7 +60,7 @@ if kill_epoch >= 0:
 
 summary = api.run([model], "tiny", settings=json.loads(settings), out=out, data_dir=data,
                   device="cpu", resume=resume == "1")
-assert not summary.failed, summary.failed[0]["error"]["traceback"]
+assert not summary.failed, summary.failed[0].error.traceback
 """
 
 
@@ -137,19 +137,19 @@ def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
     out = tmp_path / "out"
     first = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data, device="cpu")
     (result,) = first.results
-    assert result["stop_reason"] == "time_budget" and result["stopped_by_budget"]
+    assert result.stop_reason == "time_budget" and result.stopped_by_budget
     (folder,) = (out / "checkpoints" / "tiny" / "BPR").iterdir()
     assert (folder / "last.pth").is_file() and (folder / "best.pth").is_file()
-    done = len(result["epochs"])
+    done = len(result.epochs)
 
     more = {**settings, "epochs": done + 2, "time_budget_s": 0}
     second = api.run(
         ["BPR"], "tiny", settings=more, out=out, data_dir=tiny_data, device="cpu", resume=True
     )
     (result,) = second.results
-    assert result["timing"]["resumed_from_epoch"] == done
-    assert [e["epoch"] for e in result["epochs"]] == list(range(done + 2))
-    assert result["stop_reason"] == "epoch_limit" and not folder.exists()
+    assert result.timing.resumed_from_epoch == done
+    assert [e.epoch for e in result.epochs] == list(range(done + 2))
+    assert result.stop_reason == "epoch_limit" and not folder.exists()
 
 
 def test_a_run_without_resume_starts_over(tmp_path: Path, tiny_data):
@@ -163,5 +163,5 @@ def test_a_run_without_resume_starts_over(tmp_path: Path, tiny_data):
     settings = {**SETTINGS, **CASES["BPR"], "epochs": 1}
     summary = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data)
     (result,) = summary.results
-    assert result["timing"]["resumed_from_epoch"] is None
-    assert [e["epoch"] for e in result["epochs"]] == [0]
+    assert result.timing.resumed_from_epoch is None
+    assert [e.epoch for e in result.epochs] == [0]

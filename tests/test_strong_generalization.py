@@ -98,10 +98,11 @@ def test_models_encode_held_out_users_through_bench_run(users_items, model):
         },
     )
     result = summary.results[0]
-    assert result["status"] == "ok", result.get("error")
-    assert result["data"]["test_users"] == 12 and result["data"]["valid_users"] == 10
-    assert result["test"]["ndcg@10"] > 0  # held-out users were encoded from their fold-in
-    assert result["test"]["recallcap@10"] >= result["test"]["recall@10"]
+    assert result.ok, result.error
+    assert result.data.test_users == 12 and result.data.valid_users == 10
+    assert result.test["ndcg@10"] > 0  # held-out users were encoded from their fold-in
+    assert result.test["recallcap@10"] >= result.test["recall@10"]
+    assert result.config["heldout_users"] == HELDOUT  # recorded as asked
 
 
 def test_sequential_models_are_refused(users_items):
@@ -137,7 +138,7 @@ def test_paper_recipe_on_generated_ratings(tmp_path):
         settings={"heldout_users": {"valid": 5, "test": 5, "fold_in": 0.8, "seed": 0}},
     )
     result = summary.results[0]
-    assert result["status"] == "ok", result.get("error")
-    assert result["data"]["interactions"] == sum(n for n in kept.values() if n >= 5)
-    assert result["data"]["users"] == sum(1 for n in kept.values() if n >= 5)
-    assert {"recall@20", "recallcap@20", "ndcg@100"} <= set(result["test"])
+    assert result.ok, result.error
+    assert result.data.interactions == sum(n for n in kept.values() if n >= 5)
+    assert result.data.users == sum(1 for n in kept.values() if n >= 5)
+    assert {"recall@20", "recallcap@20", "ndcg@100"} <= set(result.test)

@@ -7,6 +7,7 @@ import math
 import pytest
 from recbole.utils import early_stopping
 
+from recbole_ext.data import HarnessSettings
 from recbole_ext.training import RecordingMixin
 
 
@@ -15,7 +16,7 @@ class _ScriptedValidations:
 
     def __init__(self, scores: list[float], warmup: int) -> None:
         self.scores = list(scores)
-        self.config = {"stopping_warmup_epochs": warmup}
+        self.settings = HarnessSettings(stopping_warmup_epochs=warmup)
         self.cur_step = 0
         self.best_valid_score = -math.inf
 
@@ -65,7 +66,7 @@ def test_no_patience_is_spent_before_the_warmup_ends(warmup, stopped):
     ],
 )
 def test_epochs_bound_every_stage_of_a_two_stage_model(settings, expected):
-    from bench.runner import bound_pretraining
+    from bench.preflight import bound_pretraining
 
     config = {"epochs": 300, "pretrain_epochs": 100, **settings}
     bound_pretraining(config, settings)
@@ -73,8 +74,34 @@ def test_epochs_bound_every_stage_of_a_two_stage_model(settings, expected):
 
 
 def test_epochs_leave_one_stage_models_alone():
-    from bench.runner import bound_pretraining
+    from bench.preflight import bound_pretraining
 
     config = {"epochs": 2}
     bound_pretraining(config, {"epochs": 2})
     assert config == {"epochs": 2}
+
+
+def test_the_trainer_follows_its_typed_settings_else_the_configs_keys(tiny_sequences):
+    from recbole.config import Config
+    from recbole.model.general_recommender import Pop
+
+    from recbole_ext.data import load_dataset, prepare_data
+    from recbole_ext.training import recording_trainer
+
+    config = Config(
+        model="Pop",
+        dataset="tiny",
+        config_dict={
+            "data_path": str(tiny_sequences),
+            "checkpoint_dir": str(tiny_sequences / "ck"),
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "stopping_warmup_epochs": 4,
+            "fast_evaluation": False,
+        },
+    )
+    dataset, _ = load_dataset(config)
+    model = Pop(config, prepare_data(config, dataset).model_dataset)
+    typed = HarnessSettings(stopping_warmup_epochs=2, time_budget_s=5.0)
+    assert recording_trainer(config, model, settings=typed).settings == typed
+    from_config = recording_trainer(config, model).settings
+    assert (from_config.stopping_warmup_epochs, from_config.fast_evaluation) == (4, False)

@@ -33,12 +33,14 @@ LR_SPACE = "learning_rate: {type: float, low: 1.0e-3, high: 2.0e-2}\n"
 
 
 @pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the config tree, so exported tuned files never land in the repository."""
+def config_tree(tmp_path: Path) -> configs.ConfigTree:
+    """A copy of the config tree in which SASRec's attention dropout is 0.25 (the repository's
+    is 0.5): a run that read this tree, not the repository's, says so in its config."""
     target = tmp_path / "configs"
-    shutil.copytree(configs.CONFIG_DIR, target, ignore=shutil.ignore_patterns("tuned"))
-    monkeypatch.setattr(configs, "CONFIG_DIR", target)
-    return target
+    shutil.copytree(configs.PACKAGE_CONFIG_DIR, target)
+    model_file = target / "models" / "SASRec.yaml"
+    model_file.write_text(model_file.read_text() + "attn_dropout_prob: 0.25  # (float) test\n")
+    return configs.ConfigTree(target)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +85,11 @@ def test_malformed_space_is_one_line_bench_error(tmp_path: Path, text: str, mess
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_space_file(config_dir: Path) -> None:
+def test_missing_space_file(config_tree: configs.ConfigTree) -> None:
     from bench.tuning.space import load_space
 
     with pytest.raises(BenchError, match="no search space for NoSuchModel"):
-        load_space("NoSuchModel")
+        load_space("NoSuchModel", tree=config_tree)
 
 
 def test_space_distributions_and_json_choices(tmp_path: Path) -> None:
@@ -128,18 +130,17 @@ def _shipped_models() -> list[str]:
 
 def test_every_shipped_model_has_a_valid_search_space() -> None:
     """Each space parses, and names only keys the model's config knows (no typos)."""
-    from bench.runner import RunRequest, check_settings, prepare
+    from bench.preflight import preflight
     from bench.tuning.space import load_space
 
     for model in _shipped_models():
         space = load_space(model)
         if model != "Pop":  # Pop has nothing to tune; its file says so
             assert space.distributions, model
-        prepared = prepare(RunRequest(dataset="ml-100k", model=model, device="cpu"))
-        check_settings(dict.fromkeys(space.distributions), [prepared])
+        preflight([model], "ml-100k", device="cpu", searched=list(space.distributions))
 
 
-def test_bad_tune_input_is_refused_before_any_trial(config_dir: Path, tmp_path: Path) -> None:
+def test_bad_tune_input_is_refused_before_any_trial(tmp_path: Path) -> None:
     from bench.tuning import tune
 
     space = tmp_path / "space.yaml"
@@ -160,7 +161,7 @@ def test_bad_tune_input_is_refused_before_any_trial(config_dir: Path, tmp_path: 
 
 
 def test_in_process_study_prunes_isolates_failures_exports_and_reruns(
-    config_dir: Path, tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
 
@@ -209,8 +210,9 @@ def test_in_process_study_prunes_isolates_failures_exports_and_reruns(
 
     best = study.best_trial
     assert summary.best_trial == best.number == 0
-    tuned = configs.tuned_file("ml-100k", "SASRec")
-    assert summary.tuned_file == tuned and tuned.parent.parent.parent == config_dir
+    # Exported under --out, never into the source tree.
+    tuned = out / "tuned" / "ml-100k" / "SASRec.yaml"
+    assert summary.tuned_file == tuned and not (ROOT / "configs" / "tuned").exists()
     header = tuned.read_text()
     assert f"study 'inproc', trial {best.number}, validation ndcg@10" in header
     assert yaml.safe_load(header) == {"learning_rate": best.params["learning_rate"]}
@@ -227,7 +229,7 @@ def test_in_process_study_prunes_isolates_failures_exports_and_reruns(
 
 
 def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
-    config_dir: Path, tmp_path: Path, out: Path
+    config_tree: configs.ConfigTree, tmp_path: Path, out: Path
 ) -> None:
     import optuna
 
@@ -253,8 +255,14 @@ def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
         # The third (a model that cannot learn) starts once a first trial has finished.
         enqueue=[{"learning_rate": 1e-2}, {"learning_rate": 5e-3}, {"learning_rate": 0.0}],
         final_seeds=(),
+        config_tree=config_tree,
     )
     trials = _study(storage, "ray").get_trials()
+    # The workers read the driver's tree (handed to them in the job, no global reassigned).
+    records = [json.loads(p.read_text()) for p in (out / "studies" / "ray").glob("*/result.json")]
+    trained = [r for r in records if r.get("config")]  # a pruned trial keeps no result
+    assert trained and all(r["config"]["attn_dropout_prob"] == 0.25 for r in trained)
+    assert all(r["trial"]["pid"] != os.getpid() for r in trained)
     states = optuna.trial.TrialState
     first, second, third = trials
     # Two worker processes, not this one, ran the first two trials at the same time. (The one
@@ -275,7 +283,7 @@ def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
 
 
 def test_sigkilled_driver_resumes_without_losing_or_double_counting(
-    config_dir: Path, tmp_path: Path, out: Path
+    tmp_path: Path, out: Path
 ) -> None:
     import optuna
 
@@ -289,7 +297,7 @@ def test_sigkilled_driver_resumes_without_losing_or_double_counting(
         "--out", str(out), "--epochs", "2", "--pruner", "none",
         "--sampler", "random", "--final-seeds", "none", "--device", "cpu", *sets,
     ]  # fmt: skip
-    env = {**os.environ, "BENCH_CONFIG_DIR": str(config_dir)}
+    env = dict(os.environ)
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     states = optuna.trial.TrialState
@@ -331,4 +339,4 @@ def test_sigkilled_driver_resumes_without_losing_or_double_counting(
     counted = [t for t in after if t.state.is_finished() and not t.user_attrs.get("interrupted")]
     assert len(counted) == 2  # --trials 2 in total, across both drivers
     assert all(t.state.is_finished() for t in after)
-    assert configs.tuned_file("ml-100k", "SASRec").is_file()
+    assert (out / "tuned" / "ml-100k" / "SASRec.yaml").is_file()

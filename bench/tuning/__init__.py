@@ -1,7 +1,7 @@
 """Hyperparameter searches, ablation grids and the study dashboard.
 
 ``tune(...)`` runs an Optuna study (trials in this process, or as Ray workers), exports the best
-parameters to ``configs/tuned/<dataset>/<Model>.yaml`` and re-runs them over several seeds;
+parameters to ``<out>/tuned/<dataset>/<Model>.yaml`` and re-runs them over several seeds;
 ``ablate(...)`` runs a grid of variants x seeds and writes a report; ``serve_dashboard(...)``
 serves optuna-dashboard on a study storage. Optuna and Ray are imported on first use, never when
 ``bench`` is imported.

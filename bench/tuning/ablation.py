@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import configs
+from bench.configs import ConfigTree
+from bench.contract import RunError, RunResult, write_record
 from bench.errors import BenchError
-from bench.io import write_json, write_text
-from bench.runner import PreparedRun, RunRequest, check_settings, prepare
-from bench.tuning.executor import Job, job_device, make_executor
+from bench.io import write_text
+from bench.leaderboard.render import markdown_table
+from bench.preflight import PreparedRun, preflight
+from bench.tuning.executor import Job, JobOutcome, job_device, make_executor
 
 _MISSING = object()
 
@@ -48,11 +51,11 @@ class AblationSummary:
     reference: int  # index into variants
     reference_reason: str
     variants: list[dict[str, Any]]
-    runs: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    runs: dict[tuple[int, int], RunResult] = field(default_factory=dict)
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.runs.values() if r.get("status") != "ok"]
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.runs.values() if not r.ok]
 
 
 def load_grid(path: str | os.PathLike) -> tuple[str, dict[str, list[Any]]]:
@@ -116,7 +119,7 @@ def _fmt_value(value: Any) -> str:
 
 def summarize(
     combos: list[dict[str, Any]],
-    runs: dict[tuple[int, int], dict[str, Any]],
+    runs: dict[tuple[int, int], RunResult],
     seeds: Sequence[int],
     reference: int,
     valid_metric: str,
@@ -127,15 +130,12 @@ def summarize(
     from scipy import stats
 
     def ok_tests(index: int) -> dict[int, dict[str, float]]:
-        return {
-            s: runs[(index, s)]["test"]
-            for s in seeds
-            if runs.get((index, s), {}).get("status") == "ok"
-        }
+        ok = {s: runs.get((index, s)) for s in seeds}
+        return {s: run.test for s, run in ok.items() if run is not None and run.ok}
 
     metrics: list[str] = []
     for run in runs.values():
-        for name in run.get("test") or {}:
+        for name in run.test:
             if name not in metrics:
                 metrics.append(name)
     ref = ok_tests(reference)
@@ -143,9 +143,9 @@ def summarize(
     for index, combo in enumerate(combos):
         tests = ok_tests(index)
         valid = [
-            runs[(index, s)]["valid"].get(valid_metric)
+            runs[(index, s)].valid[valid_metric]
             for s in tests
-            if valid_metric in (runs[(index, s)].get("valid") or {})
+            if valid_metric in runs[(index, s)].valid
         ]
         row: dict[str, Any] = {
             "variant": index + 1,
@@ -205,7 +205,7 @@ def _markdown(
     reference: int,
     reason: str,
     metric: str,
-    runs: dict[tuple[int, int], dict[str, Any]],
+    runs: dict[tuple[int, int], RunResult],
 ) -> str:
     keys = list(combos[0])
     cutoff = metric.split("@")[1] if "@" in metric else None
@@ -233,33 +233,47 @@ def _markdown(
         "",
     ]
     header = ["variant", *keys, "seeds", f"test {metric}", "Δ", "holds", "p", *others]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append(
-        "|" + "|".join("---" if i <= len(keys) else "---:" for i in range(len(header))) + "|"
-    )
+    cells = []
     for row in rows:
         is_ref = row["reference"]
         mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
         cell = _num(mean) + (f" ± {std:.4f}" if std is not None else "")
         holds = row.get(f"{metric}_same_sign")
         p = row.get(f"{metric}_p")
-        cells = [
-            f"{row['variant']}" + (" (ref)" if is_ref else ""),
-            *[str(row[k]) for k in keys],
-            f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
-            cell,
-            "reference" if is_ref else _num(row.get(f"{metric}_diff"), signed=True),
-            "" if is_ref else ("–" if holds is None else ("yes" if holds else "no")),
-            "" if is_ref else ("–" if p is None else f"{p:.3g}"),
-            *[_num(row.get(f"{name}_mean")) for name in others],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = [(i, s, r) for (i, s), r in sorted(runs.items()) if r.get("status") != "ok"]
+        cells.append(
+            [
+                f"{row['variant']}" + (" (ref)" if is_ref else ""),
+                *[str(row[k]) for k in keys],
+                f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
+                cell,
+                "reference" if is_ref else _num(row.get(f"{metric}_diff"), signed=True),
+                "" if is_ref else ("–" if holds is None else ("yes" if holds else "no")),
+                "" if is_ref else ("–" if p is None else f"{p:.3g}"),
+                *[_num(row.get(f"{name}_mean")) for name in others],
+            ]
+        )
+    lines += markdown_table(header, cells, [i > len(keys) for i in range(len(header))])
+    failed = [(i, s, r) for (i, s), r in sorted(runs.items()) if not r.ok]
     if failed:
         lines.append("")
         for index, seed, run in failed:
-            lines.append(f"- variant {index + 1} seed {seed} failed: {run.get('error', '?')}")
+            why = run.error.message if run.error else "?"
+            lines.append(f"- variant {index + 1} seed {seed} failed: {why}")
     return "\n".join(lines) + "\n"
+
+
+def _run_of(job: Job, outcome: JobOutcome) -> RunResult:
+    """A job's run as the ablation counts it: its result, or a failed one saying why."""
+    if outcome.state == "ok" and outcome.result is not None:
+        return outcome.result
+    return RunResult(
+        status="failed",
+        dataset=job.dataset,
+        model=job.model,
+        seed=job.seed,
+        stop_reason="failed",
+        error=RunError(message=outcome.error or "", traceback=outcome.traceback),
+    )
 
 
 def ablate(
@@ -279,11 +293,13 @@ def ablate(
     out: str | os.PathLike = "results",
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
+    config_tree: ConfigTree | None = None,
 ) -> AblationSummary:
     """Run every grid variant x seed of ``model`` on ``dataset``; write the report.
 
     ``settings`` / ``epochs`` / ``config_files`` apply to every run (a grid key may not also be
-    set). A run that fails is recorded and reported; the others go on.
+    set). A run that fails is recorded and reported; the others go on. ``config_tree``: the
+    configuration to read (default: the repository's).
     """
     say = progress or (lambda _line: None)
     seeds = [int(s) for s in seeds]
@@ -292,33 +308,30 @@ def ablate(
     grid_path = Path(grid)
     description, grid_values = load_grid(grid_path)
     out = Path(out).resolve()
-    overrides = dict(settings or {})
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    clashing = sorted(set(grid_values) & set(overrides))
-    if clashing:
-        raise BenchError(f"{', '.join(clashing)}: both in the grid {grid_path} and --set/--epochs")
-    config_paths = [str(Path(p).resolve()) for p in config_files]
+    tree = config_tree or ConfigTree.default()
     cache_dir = out / "cache" / "datasets"
-    base = prepare(
-        RunRequest(
-            dataset=dataset,
-            model=model,
-            seed=seeds[0],
-            settings=overrides,
-            config_files=[Path(p) for p in config_paths],
-            device="cpu" if ray_address else device,
-            data_dir=str(data_dir) if data_dir is not None else None,
-            cache_dir=cache_dir,
-        )
+    checked = preflight(
+        [model],
+        dataset,
+        seeds=seeds[:1],
+        settings=settings,
+        epochs=epochs,
+        config_files=config_files,
+        device="cpu" if ray_address else device,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        searched=list(grid_values),
+        searched_by=f"in the grid {grid_path}",
+        config_tree=tree,
     )
+    base, overrides = checked.runs[0], checked.overrides
+    config_paths = [str(p) for p in checked.config_files]
     model = base.spec.name
-    check_settings({**overrides, **dict.fromkeys(grid_values)}, [base])
     combos = variants(grid_values)
     reference, reason = find_reference(base, combos)
     metric = str(base.config_dict.get("valid_metric", "MRR@10")).lower()
     folder = out / "ablations" / dataset
-    runs: dict[tuple[int, int], dict[str, Any]] = {}
+    runs: dict[tuple[int, int], RunResult] = {}
 
     queue = [(i, s) for i in range(len(combos)) for s in seeds]
     executor = make_executor(workers, gpus_per_trial, ray_address)
@@ -338,31 +351,26 @@ def ablate(
                         config_files=config_paths,
                         data_dir=str(data_dir) if data_dir is not None else None,
                         cache_dir=str(cache_dir),
-                        config_dir=str(configs.CONFIG_DIR),
+                        config_dir=str(tree.root),
                         command=command,
                     )
                 )
             for job, outcome in executor.wait():
                 index, seed = job.key
-                run = dict(outcome["result"] or {})
-                if outcome["state"] != "ok":
-                    run.update(
-                        status="failed",
-                        dataset=dataset,
-                        model=model,
-                        seed=seed,
-                        error=outcome["error"],
-                        traceback=outcome["traceback"],
-                    )
-                run["variant"] = {"index": index + 1, "values": combos[index]}
-                write_json(folder / model / f"variant-{index + 1}" / f"seed-{seed}.json", run)
+                run = _run_of(job, outcome)
+                write_record(
+                    folder / model / f"variant-{index + 1}" / f"seed-{seed}.json",
+                    run,
+                    variant={"index": index + 1, "values": combos[index]},
+                )
                 runs[(index, seed)] = run
                 values = ", ".join(f"{k}={_fmt_value(v)}" for k, v in combos[index].items())
-                if run.get("status") == "ok":
-                    score = run["test"].get(metric, float("nan"))
+                if run.ok:
+                    score = run.test.get(metric, float("nan"))
                     say(f"variant {index + 1} [{values}] seed {seed}: test {metric}={score:.4f}")
                 else:
-                    say(f"variant {index + 1} [{values}] seed {seed}: FAILED {run['error']}")
+                    why = run.error.message if run.error else "?"
+                    say(f"variant {index + 1} [{values}] seed {seed}: FAILED {why}")
     except KeyboardInterrupt:
         executor.cancel()
         raise

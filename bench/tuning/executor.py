@@ -1,11 +1,12 @@
 """Running jobs (one training run each: a tuning trial or an ablation variant x seed).
 
-:func:`run_job` is the whole of a job: ``bench.runner.prepare`` + ``execute`` with the job's
-settings, every validation reported to the Optuna trial (when there is one) so that the pruner can
-stop it. It runs either in this process (:class:`LocalExecutor`: one job at a time, Ray never
-imported) or as a Ray task with ``num_cpus=1`` and a GPU fraction (:class:`RayExecutor`). A Ray
-task opens the study storage itself and reports through ``optuna.trial.Trial(study, trial_id)``,
-so pruning works across processes; the driver alone asks for and tells trials.
+:func:`run_job` is the whole of a job: the pre-flight (:mod:`bench.preflight`) and
+``bench.runner.execute`` with the job's settings, every validation reported to the Optuna trial
+(when there is one) so that the pruner can stop it. It runs either in this process
+(:class:`LocalExecutor`: one job at a time, Ray never imported) or as a Ray task with
+``num_cpus=1`` and a GPU fraction (:class:`RayExecutor`). A Ray task opens the study storage
+itself and reports through ``optuna.trial.Trial(study, trial_id)``, so pruning works across
+processes; the driver alone asks for and tells trials.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import socket
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from bench.contract import RunResult
 
 
 @dataclass
@@ -52,6 +55,29 @@ class Job:
     concurrent_runs: int = 1  # jobs sharing the machine's cores: its default thread count
 
 
+@dataclass
+class JobOutcome:
+    """How a job ended: ``state`` ``ok``, ``pruned`` or ``failed``; ``value`` the best
+    validation score (the last reported one when pruned); ``result`` the run's result when it
+    trained to the end; ``error`` one line on why not; the (epoch, score) pairs reported; where
+    and when it ran."""
+
+    state: str = "failed"
+    value: float | None = None
+    result: RunResult | None = None
+    error: str | None = None
+    traceback: str | None = None
+    reported: list[tuple[int, float]] = field(default_factory=list)
+    host: str | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or 0) - (self.started_at or 0)
+
+
 class _Pruned(Exception):
     """Raised from the epoch callback when the pruner stops the trial."""
 
@@ -77,70 +103,56 @@ def _open_trial(link: TrialLink) -> Any:
     return optuna.trial.Trial(study, link.trial_id)
 
 
-def run_job(job: Job, trial: Any = None) -> dict[str, Any]:
-    """Run one job; never raises except KeyboardInterrupt. Returns its outcome: ``state``
-    (``ok``, ``pruned`` or ``failed``), ``value`` (best validation score, or the last reported
-    one when pruned), ``result`` (the run's result dict when ok), ``error``, ``reported``
-    (epoch, score) pairs, and where and when it ran."""
-    started = time.time()
-    outcome: dict[str, Any] = {
-        "state": "failed",
-        "value": None,
-        "result": None,
-        "error": None,
-        "traceback": None,
-        "reported": [],
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started_at": started,
-    }
+def run_job(job: Job, trial: Any = None) -> JobOutcome:
+    """Run one job; never raises except KeyboardInterrupt."""
+    outcome = JobOutcome(host=socket.gethostname(), pid=os.getpid(), started_at=time.time())
 
     def on_validation(epoch: int, score: float, _result: dict[str, float]) -> None:
-        outcome["reported"].append((epoch, score))
+        outcome.reported.append((epoch, score))
         if trial is not None:
             trial.report(score, epoch)
             if trial.should_prune():
                 raise _Pruned(f"pruned after epoch {epoch} ({score:.6g})")
 
     try:
-        from bench import configs
-        from bench.runner import RunRequest, execute, prepare
+        from bench.configs import ConfigTree
+        from bench.preflight import preflight
+        from bench.runner import execute, recbole_warnings_silenced
 
+        # A Ray worker is a fresh process: it reads the driver's config tree (tests and
+        # notebooks point it elsewhere) when this machine has it.
+        tree = ConfigTree.default()
         if job.config_dir and Path(job.config_dir).is_dir():
-            # A Ray worker is a fresh process: use the driver's config tree (tests and notebooks
-            # point it elsewhere) when this machine has it.
-            configs.CONFIG_DIR = Path(job.config_dir)
+            tree = ConfigTree(Path(job.config_dir))
         if trial is None and job.link is not None:
             trial = _open_trial(job.link)
-        request = RunRequest(
-            dataset=job.dataset,
-            model=job.model,
-            seed=job.seed,
+        (prepared,) = preflight(
+            [job.model],
+            job.dataset,
+            seeds=[job.seed],
             settings=dict(job.settings),
-            config_files=[Path(p) for p in job.config_files],
+            config_files=job.config_files,
             device=job.device,
             data_dir=job.data_dir,
             cache_dir=Path(job.cache_dir) if job.cache_dir else None,
+            config_tree=tree,
             concurrent_runs=job.concurrent_runs,
-        )
-        with warnings.catch_warnings():
-            # As bench.runner.run_safely: RecBole's warnings on current PyTorch are not actionable.
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            result = execute(prepare(request), epoch_callback=on_validation, command=job.command)
-        value = result.get("best_valid_score")
+        ).runs
+        with recbole_warnings_silenced():
+            result = execute(prepared, epoch_callback=on_validation, command=job.command)
+        value = result.best_valid_score
+        outcome.result = result
         if value is None or not math.isfinite(value):
-            outcome["error"] = f"no finite validation score ({value})"
-            outcome["result"] = result
+            outcome.error = f"no finite validation score ({value})"
         else:
-            outcome.update(state="ok", value=float(value), result=result)
+            outcome.state, outcome.value = "ok", float(value)
     except _Pruned as exc:
-        outcome.update(state="pruned", error=str(exc))
-        if outcome["reported"]:
-            outcome["value"] = outcome["reported"][-1][1]
+        outcome.state, outcome.error = "pruned", str(exc)
+        if outcome.reported:
+            outcome.value = outcome.reported[-1][1]
     except Exception as exc:  # a trial's failure (incl. NaN loss) must not stop the study
-        outcome.update(error=_first_line(exc), traceback=traceback.format_exc())
-    outcome["finished_at"] = time.time()
+        outcome.error, outcome.traceback = _first_line(exc), traceback.format_exc()
+    outcome.finished_at = time.time()
     return outcome
 
 
@@ -159,7 +171,7 @@ class LocalExecutor:
     def pending(self) -> int:
         return len(self._queue)
 
-    def wait(self) -> list[tuple[Job, dict[str, Any]]]:
+    def wait(self) -> list[tuple[Job, JobOutcome]]:
         job, trial = self._queue[0]
         outcome = run_job(job, trial)
         self._queue.pop(0)
@@ -230,7 +242,7 @@ class RayExecutor:
     def pending(self) -> int:
         return len(self._pending)
 
-    def wait(self) -> list[tuple[Job, dict[str, Any]]]:
+    def wait(self) -> list[tuple[Job, JobOutcome]]:
         done, _ = self._ray.wait(list(self._pending), num_returns=1)
         finished = []
         for ref in done:
@@ -239,18 +251,9 @@ class RayExecutor:
                 outcome = self._ray.get(ref)
             except Exception as exc:  # the worker died (OOM, segfault) or Ray failed the task
                 now = time.time()
-                outcome = {
-                    "state": "failed",
-                    "value": None,
-                    "result": None,
-                    "error": f"worker lost: {_first_line(exc)}",
-                    "traceback": None,
-                    "reported": [],
-                    "host": None,
-                    "pid": None,
-                    "started_at": now,
-                    "finished_at": now,
-                }
+                outcome = JobOutcome(
+                    error=f"worker lost: {_first_line(exc)}", started_at=now, finished_at=now
+                )
             finished.append((job, outcome))
         return finished
 

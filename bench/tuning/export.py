@@ -1,7 +1,8 @@
-"""The best trial's parameters as ``configs/tuned/<dataset>/<Model>.yaml`` (read by ``--tuned``)."""
+"""The best trial's parameters as ``<out>/tuned/<dataset>/<Model>.yaml`` (read by ``--tuned``)."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ def tuned_text(
         f"# Tuned by `bench tune` on {dataset}: study {study!r}, trial {trial}, "
         f"validation {metric} = {score:.6g}; written {date}.",
         f"# Search space: {space}; storage: {storage}.",
-        "# `bench run --tuned` layers this file over the model's defaults (configs/models/).",
+        "# `bench run --tuned --out <this file's results folder>` layers it over the model's "
+        "defaults (configs/models/).",
     ]
     if settings:
         fixed = ", ".join(f"{k}={v!r}" for k, v in settings.items())
@@ -38,8 +40,11 @@ def tuned_text(
     return "\n".join(header) + "\n" + body
 
 
-def export_tuned(dataset: str, model: str, values: dict[str, Any], **header: Any) -> Path:
-    """Write the tuned file atomically; returns its path."""
-    path = configs.tuned_file(dataset, model)
+def export_tuned(
+    folder: str | os.PathLike, dataset: str, model: str, values: dict[str, Any], **header: Any
+) -> Path:
+    """Write ``<folder>/<dataset>/<Model>.yaml`` (``folder``: a results folder's ``tuned/``)
+    atomically; returns its path."""
+    path = configs.tuned_file(folder, dataset, model)
     write_text(path, tuned_text(values, dataset=dataset, **header))
     return path

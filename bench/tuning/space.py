@@ -1,4 +1,5 @@
-"""Search spaces: ``configs/search/<Model>.yaml`` -> Optuna distributions.
+"""Search spaces: ``configs/search/<Model>.yaml`` (of a :class:`~bench.configs.ConfigTree`) ->
+Optuna distributions.
 
 Each top-level key is a RecBole or model config key, mapped to one distribution::
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import configs
+from bench.configs import ConfigTree
 from bench.errors import BenchError
 
 TYPES = ("float", "int", "categorical")
@@ -71,13 +73,12 @@ class SearchSpace:
         return {k: json.loads(distribution_to_json(d)) for k, d in self.distributions.items()}
 
 
-def search_file(model: str) -> Path:
-    return configs.CONFIG_DIR / "search" / f"{model}.yaml"
-
-
-def load_space(model: str, path: str | os.PathLike | None = None) -> SearchSpace:
-    """Read ``configs/search/<model>.yaml`` (or ``path``) into a :class:`SearchSpace`."""
-    file = Path(path) if path is not None else search_file(model)
+def load_space(
+    model: str, path: str | os.PathLike | None = None, tree: ConfigTree | None = None
+) -> SearchSpace:
+    """Read ``path``, else the tree's ``search/<model>.yaml`` (default tree: the repository's),
+    into a :class:`SearchSpace`."""
+    file = Path(path) if path is not None else (tree or ConfigTree.default()).search_file(model)
     if not file.is_file():
         raise BenchError(
             f"no search space for {model}: {file} does not exist "

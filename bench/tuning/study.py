@@ -11,7 +11,7 @@ to the trial themselves. Everything lives in the study storage, so a study survi
   counted twice; Ctrl-C (or SIGTERM) does the same for the trials in flight, at once;
 - one driver at a time per study: a lock file in the study's folder refuses a second one.
 
-At the end the best trial's parameters go to ``configs/tuned/<dataset>/<Model>.yaml`` and that
+At the end the best trial's parameters go to ``<out>/tuned/<dataset>/<Model>.yaml`` and that
 configuration is re-run over ``final_seeds`` into the leaderboard (``bench.api.run(tuned=True)``).
 """
 
@@ -31,11 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import configs
+from bench.configs import ConfigTree
+from bench.contract import write_record
 from bench.errors import BenchError
 from bench.io import write_json
-from bench.runner import RunRequest, check_settings, prepare
+from bench.preflight import model_spec, preflight
 from bench.tuning import storage as storages
-from bench.tuning.executor import Job, LocalExecutor, TrialLink, job_device, make_executor
+from bench.tuning.executor import (
+    Job,
+    JobOutcome,
+    LocalExecutor,
+    TrialLink,
+    job_device,
+    make_executor,
+)
 from bench.tuning.export import export_tuned
 from bench.tuning.pruners import make_pruner
 from bench.tuning.samplers import make_sampler
@@ -177,57 +186,57 @@ def _format_params(params: dict[str, Any]) -> str:
     )
 
 
-def _record(study: Any, trial: Any, outcome: dict[str, Any], trial_dir: Path, metric: str) -> str:
+def _record(study: Any, trial: Any, outcome: JobOutcome, trial_dir: Path, metric: str) -> str:
     """Store the outcome on the trial (user attrs; test metrics only as attrs), write the trial's
-    result JSON and tell Optuna. Returns a one-line description."""
+    result record and tell Optuna. Returns a one-line description."""
     import optuna
 
-    result = outcome.get("result") or {}
+    result = outcome.result
     attrs: dict[str, Any] = {
-        "host": outcome.get("host"),
-        "pid": outcome.get("pid"),
-        "started_at": outcome.get("started_at"),
-        "finished_at": outcome.get("finished_at"),
-        "seconds": (outcome.get("finished_at") or 0) - (outcome.get("started_at") or 0),
+        "host": outcome.host,
+        "pid": outcome.pid,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+        "seconds": outcome.seconds,
         "result_file": str(trial_dir / "result.json"),
     }
-    if outcome["state"] == "ok":
+    if outcome.state == "ok" and result is not None:
         attrs.update(
-            valid_metric=result.get("valid_metric"),
-            best_epoch=result.get("best_epoch"),
-            valid=result.get("valid"),
-            test=result.get("test"),  # recorded for the report, never used for selection
-            config_hash=result.get("config_hash"),
+            valid_metric=result.valid_metric,
+            best_epoch=result.best_epoch,
+            valid=result.valid,
+            test=result.test,  # recorded for the report, never used for selection
+            config_hash=result.config_hash,
         )
-    if outcome.get("error"):
-        attrs["error"] = outcome["error"]
-    record = dict(result) if result else {}
-    record.update(
-        status={"ok": "ok", "pruned": "pruned"}.get(outcome["state"], "failed"),
+    if outcome.error:
+        attrs["error"] = outcome.error
+    write_record(
+        trial_dir / "result.json",
+        result,
+        status={"ok": "ok", "pruned": "pruned"}.get(outcome.state, "failed"),
         trial={
             "study": study.study_name,
             "number": trial.number,
             "params": trial.params,
-            "reported": outcome.get("reported"),
-            "error": outcome.get("error"),
-            "traceback": outcome.get("traceback"),
+            "reported": outcome.reported,
+            "error": outcome.error,
+            "traceback": outcome.traceback,
             **{k: attrs[k] for k in ("host", "pid", "started_at", "finished_at", "seconds")},
         },
     )
-    write_json(trial_dir / "result.json", record)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
 
     states = optuna.trial.TrialState
-    if outcome["state"] == "ok":
-        study.tell(trial, outcome["value"])
-        text = f"COMPLETE {metric}={outcome['value']:.4f}"
-    elif outcome["state"] == "pruned":
+    if outcome.state == "ok":
+        study.tell(trial, outcome.value)
+        text = f"COMPLETE {metric}={outcome.value:.4f}"
+    elif outcome.state == "pruned":
         study.tell(trial, state=states.PRUNED)
-        text = f"PRUNED ({outcome['error']})"
+        text = f"PRUNED ({outcome.error})"
     else:
         study.tell(trial, state=states.FAIL)
-        text = f"FAIL ({outcome['error']})"
+        text = f"FAIL ({outcome.error})"
     return (
         f"trial {trial.number}: {text} [{_format_params(trial.params)}] ({attrs['seconds']:.0f}s)"
     )
@@ -260,6 +269,7 @@ def tune(
     enqueue: Sequence[dict[str, Any]] = (),
     progress: Progress | None = None,
     command: str | None = None,
+    config_tree: ConfigTree | None = None,
 ) -> TuneSummary:
     """Search ``model``'s hyperparameters on ``dataset`` (objective: the validation metric).
 
@@ -268,8 +278,9 @@ def tune(
     where the cluster has GPUs, else 0). ``space`` overrides ``configs/search/<Model>.yaml``;
     ``settings`` / ``epochs`` / ``config_files`` apply to every trial and to the final runs, as in
     ``bench run``. ``enqueue`` lists parameter sets to try first (skipped if already tried).
-    ``final_seeds=()`` skips the re-run. Bad input raises :class:`BenchError` before anything
-    runs.
+    The best parameters go to ``<out>/tuned/<dataset>/<Model>.yaml``; ``final_seeds=()`` skips
+    their re-run. ``config_tree``: the configuration to read (default: the repository's). Bad
+    input raises :class:`BenchError` before anything runs.
     """
     import optuna
 
@@ -281,37 +292,30 @@ def tune(
     if workers < 1:
         raise BenchError(f"--workers must be at least 1, got {workers}")
     out = Path(out).resolve()
-    overrides = dict(settings or {})
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    config_paths = [str(Path(p).resolve()) for p in config_files]
-    for path in config_paths:
-        configs.load_yaml(path)
+    tree = config_tree or ConfigTree.default()
+    model = model_spec(model).name
+    search = load_space(model, space, tree)
+    if not search.distributions:
+        raise BenchError(f"{search.source} is empty: {model} has no hyperparameter to tune")
     cache_dir = out / "cache" / "datasets"
     # Check model, dataset, data, configs and settings once here, before any trial starts. With a
     # cluster the driver may have no GPU, so the device is checked by the workers.
-    base = prepare(
-        RunRequest(
-            dataset=dataset,
-            model=model,
-            seed=seed,
-            settings=overrides,
-            config_files=[Path(p) for p in config_paths],
-            device="cpu" if ray_address else device,
-            data_dir=str(data_dir) if data_dir is not None else None,
-            cache_dir=cache_dir,
-        )
+    checked = preflight(
+        [model],
+        dataset,
+        seeds=[seed],
+        settings=settings,
+        epochs=epochs,
+        config_files=config_files,
+        device="cpu" if ray_address else device,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        searched=list(search.distributions),
+        searched_by=f"searched ({search.source})",
+        config_tree=tree,
     )
-    model = base.spec.name
-    search = load_space(model, space)
-    if not search.distributions:
-        raise BenchError(f"{search.source} is empty: {model} has no hyperparameter to tune")
-    clashing = sorted(set(search.distributions) & set(overrides))
-    if clashing:
-        raise BenchError(
-            f"{', '.join(clashing)}: both searched ({search.source}) and fixed by --set/--epochs"
-        )
-    check_settings({**overrides, **dict.fromkeys(search.distributions)}, [base])
+    base, overrides = checked.runs[0], checked.overrides
+    config_paths = [str(p) for p in checked.config_files]
     metric = str(base.config_dict.get("valid_metric", "MRR@10")).lower()
     direction = _direction(metric)
     spec = storages.resolve(storage, out, ray_address)
@@ -374,7 +378,7 @@ def tune(
                     config_files=config_paths,
                     data_dir=str(data_dir) if data_dir is not None else None,
                     cache_dir=str(cache_dir),
-                    config_dir=str(configs.CONFIG_DIR),
+                    config_dir=str(tree.root),
                     command=command,
                 ),
                 spec=spec,
@@ -391,6 +395,7 @@ def tune(
             return summary
         best = study.best_trial
         summary.tuned_file = export_tuned(
+            configs.tuned_folder(out),
             dataset,
             model,
             search.settings(best.params),
@@ -405,14 +410,24 @@ def tune(
         say(f"best: trial {best.number}, {metric}={best.value:.4f}; wrote {summary.tuned_file}")
         if final_seeds:
             summary.final = _final_runs(
-                model, dataset, final_seeds, overrides, config_paths, device, data_dir, out, command
+                model,
+                dataset,
+                final_seeds,
+                overrides,
+                config_paths,
+                device,
+                data_dir,
+                out,
+                command,
+                tree,
             )
             for result in summary.final.results:
-                if result["status"] == "ok":
-                    value = result["test"].get(metric, float("nan"))
-                    say(f"final seed {result['seed']}: test {metric}={value:.4f}")
+                if result.ok:
+                    value = result.test.get(metric, float("nan"))
+                    say(f"final seed {result.seed}: test {metric}={value:.4f}")
                 else:
-                    say(f"final seed {result['seed']}: FAILED {result['error']['type']}")
+                    failure = result.error.type if result.error else "?"
+                    say(f"final seed {result.seed}: FAILED {failure}")
     return summary
 
 
@@ -541,6 +556,7 @@ def _final_runs(
     data_dir: str | os.PathLike | None,
     out: Path,
     command: str | None,
+    tree: ConfigTree,
 ) -> Any:
     """The best configuration on the test set over ``seeds``, into ``<out>``'s leaderboard."""
     from bench import api
@@ -556,4 +572,5 @@ def _final_runs(
         data_dir=data_dir,
         out=out,
         command=command,
+        config_tree=tree,
     )

@@ -264,10 +264,10 @@ def test_trains_end_to_end_through_the_harness(
 ) -> None:
     summary = api.run([model], "ml-100k", epochs=1, settings={**HARNESS, **settings}, out=tmp_path)
     (result,) = summary.results
-    assert result["status"] == "ok", result.get("error", {}).get("traceback")
-    assert result["source"] == "recbole_ext" and result["model_class"] == model
-    assert result["test"] and all(math.isfinite(v) for v in result["test"].values())
-    (epoch,) = result["epochs"]
-    assert math.isfinite(epoch["train_loss"])
+    assert result.ok, result.error
+    assert result.source == "recbole_ext" and result.model_class == model
+    assert result.test and all(math.isfinite(v) for v in result.test.values())
+    (epoch,) = result.epochs
+    assert math.isfinite(epoch.train_loss)
     for key, value in settings.items():
-        assert result["config"][key] == value
+        assert result.config[key] == value

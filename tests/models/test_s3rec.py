@@ -1,7 +1,9 @@
-"""S3Rec without item attributes (MIP and SP only) and with them (exactly RecBole's)."""
+"""S3Rec without item attributes (MIP and SP only) and with them (exactly RecBole's); both
+stages on whole sequences (``train_regime: users``) and RecBole's per-prefix samples."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -12,13 +14,18 @@ import pytest
 import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
 import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
-from bench import api, results
+from bench import api, contract
+from recbole_ext.data import accepts_trimmed_batches
+from recbole_ext.layers import next_item
 from recbole_ext.models import s3rec
+from recbole_ext.models.bert4rec import window_with_next_item
 from recbole_ext.models.s3rec import S3Rec
 from tests.helpers import TINY, write_inter
+from tests.models.test_whole_sequence_bert import _longest_prefix_rows
 
 N_USERS, N_ITEMS = 12, 20
 CLASSES = ["a", "b", "c", "d"]
@@ -221,11 +228,11 @@ def test_time_budget_is_shared_by_pretraining_and_fine_tuning(tiny_sequences):
         settings=settings,
     )
     for result in summary.results:
-        assert result["status"] == "ok", result.get("error")
-        assert len(result["pretrain_epochs"]) == 1
-        assert result["stopped_by_budget"] is True and len(result["epochs"]) == 1
-    paths = {r["config"]["pre_model_path"] for r in summary.results}
-    assert len(paths) == 2 and len({r["config_hash"] for r in summary.results}) == 1
+        assert result.ok, result.error
+        assert len(result.pretrain_epochs) == 1
+        assert result.stopped_by_budget is True and len(result.epochs) == 1
+    paths = {r.config["pre_model_path"] for r in summary.results}
+    assert len(paths) == 2 and len({r.config_hash for r in summary.results}) == 1
 
 
 def test_resume_skips_a_finished_two_stage_run(tiny_sequences):
@@ -234,10 +241,211 @@ def test_resume_skips_a_finished_two_stage_run(tiny_sequences):
     settings = {**TINY, "time_budget_s": 1000.0, "pretrain_epochs": 1}
     kwargs = dict(data_dir=tiny_sequences, out=tiny_sequences / "o", epochs=1, settings=settings)
     (result,) = api.run(["S3Rec"], "tiny", seeds=(0,), **kwargs).results
-    assert result["status"] == "ok", result.get("error")
-    assert result["config"]["time_budget_s"] == 1000.0
-    assert result["config"]["train_stage"] == "pretrain"
-    result["stopped_by_budget"] = True  # as a real run's: its cap is compared too
-    results.write_result(tiny_sequences / "o", result)
+    assert result.ok, result.error
+    assert result.config["time_budget_s"] == 1000.0
+    assert result.config["train_stage"] == "pretrain"
+    result.stop_reason = "time_budget"  # as a real run's: its cap is compared too
+    contract.write_result(tiny_sequences / "o", result)
     again = api.run(["S3Rec"], "tiny", seeds=(0,), resume=True, **kwargs)
     assert again.skipped == [("S3Rec", 0)] and not again.results
+
+
+# --- whole sequences (train_regime: users) in both stages ---
+
+
+def _fine_tuning(tmp_path: Path, with_items: bool, **extra: object):
+    """(config, train loader, model) of the fine-tuning stage, from saved initial weights."""
+    config, train = _build(tmp_path, with_items=with_items)
+    path = tmp_path / "pretrained.pth"
+    torch.save({"state_dict": S3Rec(config, train._dataset).state_dict()}, path)
+    config, train = _build(
+        tmp_path, with_items, train_stage="finetune", pre_model_path=str(path), **extra
+    )
+    return config, train, S3Rec(config, train._dataset).eval()
+
+
+def _with_items(batch: Interaction, model: S3Rec, item_seq: torch.Tensor) -> Interaction:
+    changed = Interaction(dict(batch.interaction))
+    changed[model.ITEM_SEQ] = item_seq
+    return changed
+
+
+def _recording(monkeypatch) -> dict:
+    """Capture what the model hands to next_item_loss."""
+    seen: dict = {}
+
+    def recording_loss(hidden, targets, weight, kind="ce", negatives=0):
+        seen.update(hidden=hidden, targets=targets, weight=weight)
+        return next_item.next_item_loss(hidden, targets, weight, kind, negatives)
+
+    monkeypatch.setattr(s3rec, "next_item_loss", recording_loss)
+    return seen
+
+
+def test_whole_sequence_fine_tuning_is_the_mean_of_recboles_prefix_losses(tmp_path):
+    config, train, ours = _fine_tuning(tmp_path, with_items=True, train_regime="users")
+    theirs = RecBoleS3Rec(config, train._dataset).eval()  # the same saved weights
+    total, count = 0.0, 0
+    for batch in train:  # RecBole's per-prefix samples, every one
+        total += theirs.calculate_loss(batch).item() * len(batch)
+        count += len(batch)
+    rows = _longest_prefix_rows(train._dataset)
+    assert int(rows[ours.ITEM_SEQ_LEN].sum()) == count  # the same targets
+    assert ours.calculate_loss(rows).item() == pytest.approx(total / count, rel=1e-5)
+    # train_regime interactions: RecBole's own fine-tuning loss.
+    ours.whole_sequence = False
+    batch = _batch(train)
+    assert torch.equal(ours.calculate_loss(batch), theirs.calculate_loss(batch))
+
+
+def test_whole_sequence_fine_tuning_is_causal(tmp_path, monkeypatch):
+    _, train, model = _fine_tuning(tmp_path, with_items=False, train_regime="users")
+    seen = _recording(monkeypatch)
+    rows = _longest_prefix_rows(train._dataset)
+    item_seq, item_len = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    t = 2
+    positions = torch.arange(item_seq.shape[1])
+    later = (positions > t) & (positions < item_len.unsqueeze(1))
+    changed = _with_items(rows, model, torch.where(later, item_seq % N_ITEMS + 1, item_seq))
+    changed[model.POS_ITEM_ID] = rows[model.POS_ITEM_ID] % N_ITEMS + 1
+    model.calculate_loss(rows)
+    before = seen["hidden"]
+    model.calculate_loss(changed)
+    after = seen["hidden"]
+    real = positions[: int(item_len.max())] < item_len.unsqueeze(1)
+    up_to_t = (positions[: real.shape[1]] <= t).expand_as(real)[real]
+    assert torch.allclose(before[up_to_t], after[up_to_t], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[~up_to_t], after[~up_to_t])  # the change reached later ones
+
+
+def test_trimmed_batches_give_the_same_losses(tmp_path):
+    assert accepts_trimmed_batches(S3Rec)  # so the harness trims its batches
+    _, train, model = _fine_tuning(tmp_path, with_items=False, train_regime="users")
+    rows = _longest_prefix_rows(train._dataset)
+    item_seq, item_len = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    trimmed = _with_items(rows, model, item_seq[:, : int(item_len.max())])
+    assert trimmed[model.ITEM_SEQ].shape[1] < item_seq.shape[1]
+    full_loss = model.calculate_loss(rows).item()
+    assert model.calculate_loss(trimmed).item() == pytest.approx(full_loss, rel=1e-6)
+    # Right padding and causal attention: padding columns change no real position's output.
+    narrow = trimmed[model.ITEM_SEQ]
+    wide = torch.nn.functional.pad(narrow, (0, model.max_seq_length - narrow.shape[1]))
+    out_narrow = model.forward(narrow, bidirectional=False)
+    out_wide = model.forward(wide, bidirectional=False)[:, : narrow.shape[1]]
+    real = narrow > 0
+    assert torch.allclose(out_narrow[real], out_wide[real], atol=1e-6, rtol=0)
+
+    # Pre-training, left-padded: a narrow batch keeps the positions of the full-width one.
+    config, train = _build(tmp_path, with_items=False, MAX_ITEM_LIST_LENGTH=12)
+    model = S3Rec(config, train._dataset).eval()
+    with torch.no_grad():  # positions that matter (the initial ones are nearly 0)
+        model.position_embedding.weight.normal_()
+    rows = _longest_prefix_rows(train._dataset)
+    item_seq, item_len = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    sequence, length = window_with_next_item(item_seq, item_len, rows[model.POS_ITEM_ID], 12)
+    torch.manual_seed(0)
+    _, *narrow_data = model.reconstruct_pretrain_data(sequence, length)
+    assert narrow_data[0].shape[1] < 12
+    full_data = [torch.nn.functional.pad(x, (12 - x.shape[1], 0)) for x in narrow_data]
+    narrow_loss = model.pretrain(None, *narrow_data).item()
+    assert narrow_loss == pytest.approx(model.pretrain(None, *full_data).item(), rel=1e-6)
+    # The encoder's outputs, where the positions show: the narrow batch's first column is
+    # position 12 - width, not 0.
+    masked, first = narrow_data[0], 12 - narrow_data[0].shape[1]
+    real = masked > 0
+    full_output = model.forward(full_data[0])[:, first:][real]
+    narrow_output = model.forward(masked, first_position=first)[real]
+    assert torch.allclose(narrow_output, full_output, atol=1e-5, rtol=0)
+    assert not torch.allclose(model.forward(masked)[real], full_output, atol=1e-2, rtol=0)
+    # Through calculate_loss: a full-width batch and the trimmed one, from the same seed.
+    for regime in (True, False):
+        model.whole_sequence = regime
+        torch.manual_seed(1)
+        full_loss = model.calculate_loss(rows).item()
+        torch.manual_seed(1)
+        trimmed = _with_items(rows, model, item_seq[:, : int(item_len.max())])
+        assert model.calculate_loss(trimmed).item() == pytest.approx(full_loss, rel=1e-6)
+
+
+def test_pretraining_on_whole_sequences_includes_the_next_item(tmp_path, monkeypatch):
+    config, train = _build(tmp_path, with_items=False, train_regime="users")
+    model = S3Rec(config, train._dataset)
+    assert model.whole_sequence
+    seen = {}
+    reconstruct = model.reconstruct_pretrain_data
+
+    def recording(item_seq, item_len):
+        seen.update(item_seq=item_seq, item_len=item_len)
+        return reconstruct(item_seq, item_len)
+
+    monkeypatch.setattr(model, "reconstruct_pretrain_data", recording)
+    batch = _batch(train)
+    item_seq, item_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    pos_items = batch[model.POS_ITEM_ID]
+    loss = model.calculate_loss(batch)
+    assert torch.isfinite(loss) and set(model.last_loss_terms) == {"mip", "sp"}
+    # Window + next item; a full window (8 items) drops its oldest to stay within 8 positions.
+    assert torch.equal(seen["item_len"], torch.clamp(item_len + 1, max=8))
+    last = seen["item_seq"].gather(1, (seen["item_len"] - 1).unsqueeze(1)).squeeze(1)
+    assert torch.equal(last, pos_items)
+    # RecBole's regime: the window alone.
+    model.whole_sequence = False
+    model.calculate_loss(batch)
+    assert torch.equal(seen["item_len"], item_len)
+    assert torch.equal(seen["item_seq"], item_seq[:, : int(item_len.max())])
+
+
+def test_sampled_negatives_change_the_fine_tuning_loss_and_train(tmp_path, monkeypatch):
+    _, train, full = _fine_tuning(tmp_path, with_items=False, train_regime="users")
+    model = _fine_tuning(tmp_path, False, train_regime="users", sampled_negatives=5)[2]
+    rows = _longest_prefix_rows(train._dataset)
+    before = full.calculate_loss(rows).item()
+    torch.manual_seed(0)
+    assert model.calculate_loss(rows).item() != pytest.approx(before, rel=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    torch.manual_seed(0)  # the negatives and dropout
+    for _ in range(20):
+        optimizer.zero_grad()
+        model.calculate_loss(rows).backward()
+        optimizer.step()
+    full.load_state_dict(model.state_dict())
+    assert full.calculate_loss(rows).item() < before - 0.1
+    # Negatives are drawn among the items, never the mask token (the table's last row).
+    seen = _recording(monkeypatch)
+    model.calculate_loss(rows)
+    assert seen["weight"].shape[0] == model.mask_token
+    full.calculate_loss(rows)
+    assert seen["weight"].shape[0] == model.mask_token + 1  # RecBole's full softmax: every row
+    # RecBole's regime: the last position's output, scored by the sampled softmax.
+    model.whole_sequence = full.whole_sequence = False
+    batch = _batch(train)
+    sampled = model.calculate_loss(batch)
+    assert torch.equal(seen["targets"], batch[model.POS_ITEM_ID])
+    assert sampled.item() != pytest.approx(full.calculate_loss(batch).item(), rel=1e-3)
+    with pytest.raises(ValueError, match="needs loss_type CE"):
+        _fine_tuning(tmp_path, False, loss_type="BPR", sampled_negatives=3)
+
+
+def test_whole_sequence_fine_tuning_with_bpr(tmp_path):
+    _, train, model = _fine_tuning(tmp_path, False, train_regime="users", loss_type="BPR")
+    torch.manual_seed(0)
+    loss = model.calculate_loss(_longest_prefix_rows(train._dataset))
+    # Scores start near 0: BPR's -log sigmoid(0), not a 22-way softmax's log 22.
+    assert loss.item() == pytest.approx(math.log(2), abs=0.05)
+
+
+@pytest.mark.parametrize("regime", ["users", "interactions"])
+def test_both_stages_run_through_bench_run(tiny_sequences, regime):
+    settings = {**TINY, "pretrain_epochs": 1, "train_regime": regime}
+    out = tiny_sequences / "o"
+    api.run(["S3Rec"], "tiny", epochs=1, settings=settings, out=out, data_dir=tiny_sequences)
+    result = json.loads((out / "runs" / "tiny" / "S3Rec" / "seed-0.json").read_text())
+    assert result["status"] == "ok", result.get("error")
+    assert result["config"]["train_regime"] == regime
+    (pretrain,) = result["pretrain_epochs"]
+    (epoch,) = result["epochs"]
+    assert math.isfinite(pretrain["train_loss"]) and math.isfinite(epoch["train_loss"])
+    assert set(pretrain["loss_terms"]) == {"mip", "sp"} and epoch["valid_score"] is not None
+    samples = result["data"]["train_samples"]
+    assert samples == 40 if regime == "users" else samples > 40

@@ -45,6 +45,10 @@ def test_semantic_positives_share_the_target(setup):
     sem_seq, sem_len = model.semantic_positives(seq, lens, target)
     ds = setup[1]._dataset.inter_feat
     train_seqs, train_targets = ds["item_id_list"], ds["item_id"]
+    # Positives come padded to their own longest sequence: compare at the stored width.
+    assert sem_seq.shape[1] == int(sem_len.max())
+    sem_seq = torch.nn.functional.pad(sem_seq, (0, train_seqs.shape[1] - sem_seq.shape[1]))
+    seq = torch.nn.functional.pad(seq, (0, train_seqs.shape[1] - seq.shape[1]))
     others = 0
     for b in range(len(seq)):
         rows = (train_seqs == sem_seq[b]).all(dim=1) & (ds["item_length"] == sem_len[b])

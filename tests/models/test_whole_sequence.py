@@ -287,14 +287,14 @@ def test_one_epoch_through_the_harness(tmp_path: Path, model: str, regime: str):
         [model], "tiny", epochs=1, settings=settings, out=tmp_path / "out", data_dir=tmp_path
     )
     (result,) = summary.results
-    assert result["status"] == "ok", result.get("error", {}).get("traceback")
-    assert result["source"] == "recbole_ext"
+    assert result.ok, result.error
+    assert result.source == "recbole_ext"
     expected = "users" if regime == "default" else regime  # the model YAML's default
-    assert result["config"]["train_regime"] == expected
+    assert result.config["train_regime"] == expected
     # Users: one window per user (each history fits one); interactions: one row per prefix.
     training_targets = len(rows) - 3 * 30  # less each user's test, valid and first item
     samples = 30 if expected == "users" else training_targets
-    assert result["data"]["train_samples"] == samples
-    (epoch,) = result["epochs"]
-    assert math.isfinite(epoch["train_loss"])
-    assert result["test"] and all(math.isfinite(v) for v in result["test"].values())
+    assert result.data.train_samples == samples
+    (epoch,) = result.epochs
+    assert math.isfinite(epoch.train_loss)
+    assert result.test and all(math.isfinite(v) for v in result.test.values())
