@@ -1,6 +1,7 @@
 """Latent-variable helpers for sequential VAEs: reparameterised samples, KL terms, annealing,
 the variational-dropout prior penalty, the per-position reconstruction loss and its negative
-samplers (:func:`sample_negatives`: any item but the target; :func:`sample_negatives_outside`:
+samplers (:func:`~recbole_ext.layers.next_item.uniform_negatives`: any item but the target;
+:func:`sample_negatives_outside`:
 any item outside a given set, such as the user's sequence)."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet, kl_divergence
+
+from recbole_ext.layers.next_item import next_item_loss
 
 LATENTS = ("gaussian", "dirichlet")
 
@@ -82,14 +85,6 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def sample_negatives(target: torch.Tensor, n_items: int) -> torch.Tensor:
-    """One negative per entry of ``target``: uniform over items ``1 .. n_items - 1`` other than
-    that target."""
-    negative = torch.randint(1, n_items, target.shape, device=target.device)
-    # A draw equal to the target moves to the next id (cyclically over 1 .. n_items - 1).
-    return torch.where(negative == target, negative % (n_items - 1) + 1, negative)
-
-
 def sample_negatives_outside(
     exclude: torch.Tensor, n_items: int, count: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -130,17 +125,17 @@ def reconstruction_loss(
 
     ``bce``: SASRec's binary cross-entropy with one negative item per position: ``negatives``
     ``[N]`` (one per real position, in the row-major order of ``valid``) if given, else drawn by
-    :func:`sample_negatives`; ``ce``: softmax cross-entropy over all items.
+    :func:`~recbole_ext.layers.next_item.uniform_negatives`; ``ce``: softmax cross-entropy
+    over all items.
     ``item_weight`` ``[n_items, H]`` is the (tied) item embedding table, row 0 the padding.
     """
     hidden = output[valid]  # only real positions: the mean Beauty sequence is ~6 of 50
     target = targets[valid]
-    n_items = item_weight.shape[0]
-    if kind == "ce":
-        return F.cross_entropy(hidden @ item_weight.T, target)
-    if kind != "bce":
+    if kind not in ("bce", "ce"):
         raise ValueError(f"rec_loss must be 'bce' or 'ce', not {kind!r}")
-    negative = sample_negatives(target, n_items) if negatives is None else negatives
+    if kind == "ce" or negatives is None:
+        return next_item_loss(hidden, target, item_weight, kind)
+    negative = negatives
     pos_logit = (hidden * item_weight[target]).sum(-1)
     neg_logit = (hidden * item_weight[negative]).sum(-1)
     return -(F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit)).mean()

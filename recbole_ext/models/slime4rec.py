@@ -39,6 +39,7 @@ from torch import nn
 
 from recbole_ext.layers.contrastive import info_nce
 from recbole_ext.layers.filter_mixer import FilterMixerEncoder
+from recbole_ext.layers.next_item import full_softmax_cross_entropy
 from recbole_ext.layers.transformer import init_weights
 
 CONTRAST_MODES = ("us_x", "us", "un", "su", "none")
@@ -166,8 +167,7 @@ class SLIME4Rec(SequentialRecommender):
         width = max(seq.shape[1] for seq in seqs)  # a semantic positive may be the longest
         seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq in seqs]
         outputs = self.forward(torch.cat(seqs), torch.cat(lens)).split(batch)
-        logits = outputs[0] @ self.item_embedding.weight.T
-        ce = F.cross_entropy(logits, pos_items)
+        ce = full_softmax_cross_entropy(outputs[0], self.item_embedding.weight, pos_items)
         contrastive = torch.zeros((), device=item_seq.device)
         if self.contrast == "us_x":
             contrastive = self.lmd_sem * info_nce(outputs[1], outputs[2], self.tau, self.sim)
