@@ -1,8 +1,15 @@
 """Make RecBole 1.2.1 work on today's NumPy, pandas, SciPy and PyTorch.
 
 RecBole is unmaintained; each patch below fixes one failure seen on the current stack and has a
-regression test in ``tests/test_compat.py``. :func:`apply` is idempotent and runs when
-``recbole_ext`` is imported, before any RecBole object is built.
+regression test in ``tests/test_compat.py``. Nothing is patched on import: :func:`apply` patches
+RecBole, SciPy and NumPy process-wide, on purpose, and registers this package's metrics; the
+entry points call it (the ``bench`` CLI, ``bench``'s Python API, Ray workers, the tests) before
+any RecBole object is built. Code that uses ``recbole_ext`` with RecBole directly calls it first::
+
+    from recbole_ext import compat
+    compat.apply()
+
+It refuses a RecBole other than the one it was written for (:data:`RECBOLE_VERSION`).
 
 Never import ``recbole.quick_start`` from this package: it imports ``ray.tune`` at module import.
 """
@@ -35,18 +42,43 @@ _NUMPY_ALIASES = {
 }
 
 
+RECBOLE_VERSION = "1.2.1"
+
+
+class IncompatibleRecBole(RuntimeError):
+    """The installed RecBole is not the version these patches were written for."""
+
+
+def check_recbole_version() -> None:
+    import recbole
+
+    if recbole.__version__ != RECBOLE_VERSION:
+        raise IncompatibleRecBole(
+            f"recbole_ext's compatibility fixes are written for RecBole {RECBOLE_VERSION}, "
+            f"but RecBole {recbole.__version__} is installed"
+        )
+
+
 def apply() -> None:
-    """Apply every patch once."""
+    """Apply every patch once, and register this package's metrics with RecBole."""
     global _applied
     if _applied:
         return
+    check_recbole_version()
     apply_only(FIXES)
+    from recbole_ext.metrics import register_metrics
+
+    register_metrics()
     _applied = True
 
 
+def applied() -> bool:
+    return _applied
+
+
 def apply_only(names: tuple[str, ...] | list[str]) -> None:
-    """Apply the named patches only (benchmarks measure stock RecBole with the crash fixes alone:
-    load this module by path then, since importing ``recbole_ext`` applies every patch)."""
+    """Apply the named patches only (benchmarks measure stock RecBole with the crash fixes
+    alone)."""
     unknown = sorted(set(names) - set(FIXES))
     if unknown:
         raise ValueError(f"unknown compat fix(es) {unknown}; known: {list(FIXES)}")
@@ -499,23 +531,6 @@ def _patch_transrec_full_sort() -> None:
     TransRec.full_sort_predict = _transrec_full_sort_predict
 
 
-# 12. Pop.calculate_loss counts with an indexed assignment, `item_cnt[item] = item_cnt[item] + 1`,
-# which adds one per distinct item of a batch however often it occurs there: popularity is
-# undercounted, the more the larger the batch, and depends on how the seed shuffled the batches
-# (RecBole issues 1844 and 2198). index_add_ adds one per interaction.
-def _pop_calculate_loss(self: Any, interaction: Any) -> torch.Tensor:
-    item = interaction[self.ITEM_ID]
-    self.item_cnt.index_add_(0, item, torch.ones_like(item).unsqueeze(1))
-    self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
-    return torch.nn.Parameter(torch.zeros(1)).to(self.device)
-
-
-def _patch_pop_counts() -> None:
-    from recbole.model.general_recommender.pop import Pop
-
-    Pop.calculate_loss = _pop_calculate_loss
-
-
 # Every patch by name, in the order apply() runs them. Stock RecBole 1.2.1 needs "numpy_aliases"
 # to start at all on NumPy 2; "dataset_fillna" only for data with empty cells or token_seq
 # columns, "scipy_dok_update" only for graph models (NGCF, LightGCN ...), "tensorboard" only where
@@ -523,7 +538,9 @@ def _patch_pop_counts() -> None:
 # and token_seq fields of knowledge-graph datasets (and it corrects pre-split sequence lengths).
 # The rest fix wrong or slow behaviour (command-line flags and CUDA_VISIBLE_DEVICES taken over by
 # Config, unloadable and clashing checkpoints, TensorBoard files, anomaly detection left on for
-# the whole process, TransRec's full ranking running out of memory, Pop's undercounted popularity).
+# the whole process, TransRec's full ranking running out of memory). Pop's undercounted popularity
+# changes a benchmarked model's results, so it is not patched here: recbole_ext/models/pop.py
+# replaces RecBole's Pop through the registry.
 FIXES = {
     "numpy_aliases": _patch_numpy_aliases_and_config,
     "config": _patch_config,
@@ -533,6 +550,5 @@ FIXES = {
     "tensorboard": _patch_tensorboard,
     "no_anomaly_detection": _import_sequential_models_without_anomaly_detection,
     "transrec_full_sort": _patch_transrec_full_sort,
-    "pop_counts": _patch_pop_counts,
     "seq_lengths": _patch_seq_lengths,
 }

@@ -6,8 +6,8 @@ Use it as ``metrics: [RecallCap, NDCG]`` -> keys ``recallcap@20`` etc. (NDCG@100
 ``topk`` to contain 100: RecBole's NDCG already uses the min(K, |R(u)|) ideal DCG.)
 
 RecBole discovers metrics once, when ``recbole.evaluator.register`` is imported, from the classes
-of ``recbole.evaluator.metrics``; :func:`register_metrics` (run when this module is imported) adds
-ours to the same tables in place, so every module that imported them sees the new names.
+of ``recbole.evaluator.metrics``; :func:`register_metrics` (run by ``recbole_ext.compat.apply``)
+adds ours to the same tables in place, so every module that imported them sees the new names.
 """
 
 from __future__ import annotations
@@ -44,6 +44,3 @@ def register_metrics() -> None:
         register.metric_types[name] = cls.metric_type
         if cls.smaller and name not in register.smaller_metrics:
             register.smaller_metrics.append(name)
-
-
-register_metrics()

@@ -45,6 +45,8 @@ class ModelSpec:
     name: str
     cls: type
     source: str  # "recbole", "recbole_ext" or "entry-point:<distribution>"
+    # RecBole's class of the same name that this one replaces ("module.Class"), if any.
+    shadows: str | None = None
 
     @property
     def family(self) -> str:
@@ -77,13 +79,26 @@ def _model_classes_in(module: object) -> list[type]:
     ]
 
 
+def _shadowed(name: str) -> str | None:
+    """The dotted path of RecBole's model class named ``name``, if RecBole has one."""
+    module_name = _recbole_module_names().get(name.lower())
+    if module_name is None:
+        return None
+    try:
+        spec = _recbole_model(name)
+    except UnknownModelError:
+        return None
+    return f"{module_name}.{spec.name}" if spec is not None else None
+
+
 @cache
 def _own_models() -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {}
     for info in pkgutil.iter_modules(recbole_ext.models.__path__):
         module = importlib.import_module(f"recbole_ext.models.{info.name}")
         for cls in _model_classes_in(module):
-            specs[cls.__name__] = ModelSpec(cls.__name__, cls, "recbole_ext")
+            name = cls.__name__
+            specs[name] = ModelSpec(name, cls, "recbole_ext", _shadowed(name))
     return specs
 
 
@@ -95,7 +110,7 @@ def _entry_point_models() -> dict[str, ModelSpec]:
         if not (inspect.isclass(cls) and issubclass(cls, AbstractRecommender)):
             raise TypeError(f"entry point {ep.name} = {ep.value} is not a RecBole model class")
         dist = ep.dist.name if ep.dist is not None else "unknown"
-        specs[ep.name] = ModelSpec(ep.name, cls, f"entry-point:{dist}")
+        specs[ep.name] = ModelSpec(ep.name, cls, f"entry-point:{dist}", _shadowed(ep.name))
     return specs
 
 

@@ -152,23 +152,6 @@ def test_transrec_full_ranking_scores_without_a_pair_tensor(tiny_sequences):
     torch.testing.assert_close(scores, stock)
 
 
-@pytest.mark.parametrize("batch_size", [3, 4096])
-def test_pop_counts_every_interaction_whatever_the_batches(tiny_sequences, batch_size):
-    # Stock Pop adds one per distinct item of a batch: its counts fall as batches grow.
-    from recbole.model.general_recommender import Pop
-
-    config = _config(tiny_sequences, train_batch_size=batch_size)
-    dataset = create_dataset(config)
-    train, _, _ = prepare_data(config, dataset)
-    model = Pop(config, train._dataset)
-    for batch in train:
-        model.calculate_loss(batch)
-    items = train._dataset.inter_feat["item_id"]
-    expected = torch.bincount(items, minlength=dataset.item_num)
-    assert torch.equal(model.item_cnt.squeeze(1), expected)
-    assert int(model.max_cnt) == int(expected.max()) > 1
-
-
 def test_command_line_flags_do_not_leak_into_config(tiny_sequences, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench", "--learning_rate=0.5", "--epochs=77"])
     config = _config(tiny_sequences)
