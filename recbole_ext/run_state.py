@@ -6,7 +6,7 @@ and ends exactly as an uninterrupted run would on the same device:
 
 - the model's parameters and buffers, its other parameters (RecBole's ``other_parameter``) and
   its plain scalar attributes (RecBole's MultiVAE counts its annealing steps in ``self.update``);
-- the optimizer's state (and a learning-rate scheduler's, if the trainer has one);
+- the state of every optimizer the trainer holds (and a learning-rate scheduler's, if it has one);
 - every random number generator a run draws from: torch's (CPU and CUDA), NumPy's global one
   (RecBole's negative samplers), Python's (RecBole's transforms) and the training loader's own
   generator (RecBole's shuffling, or the length-bucketed batches');
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT = 1
+FORMAT = 2
 _NOT_SCALARS = {"training"}
 
 
@@ -102,6 +102,23 @@ def tensor_values(parameters: dict | None) -> dict:
     return {k: v for k, v in (parameters or {}).items() if isinstance(v, kept)}
 
 
+def _optimizers(trainer: Any) -> dict[str, torch.optim.Optimizer]:
+    """Every distinct optimizer the trainer holds, by attribute name. RecBole's RecVAE trainer
+    keeps one for the encoder and one for the decoder and points ``optimizer`` at whichever ran
+    last: an optimizer reachable under several names is kept under its own (not ``optimizer``)."""
+    names: dict[int, list[str]] = {}
+    objects: dict[int, torch.optim.Optimizer] = {}
+    for name, value in vars(trainer).items():
+        if isinstance(value, torch.optim.Optimizer):
+            names.setdefault(id(value), []).append(name)
+            objects[id(value)] = value
+    chosen = {}
+    for key, aliases in names.items():
+        own = [n for n in aliases if n != "optimizer"] or aliases
+        chosen[sorted(own)[0]] = objects[key]
+    return chosen
+
+
 def capture(trainer: Any, train_data: Any, epoch: int, elapsed: float) -> dict[str, Any]:
     """The state after ``epoch`` (0-based) finished, validation and early stopping included."""
     from dataclasses import asdict
@@ -113,7 +130,7 @@ def capture(trainer: Any, train_data: Any, epoch: int, elapsed: float) -> dict[s
         "state_dict": trainer.model.state_dict(),
         "other_parameter": tensor_values(trainer.model.other_parameter()),
         "scalars": _scalar_attributes(trainer.model),
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in _optimizers(trainer).items()},
         "cur_step": int(trainer.cur_step),
         "best_valid_score": float(trainer.best_valid_score),
         "best_valid_result": (
@@ -148,6 +165,11 @@ def load(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
 
 def restore_model_and_optimizer(trainer: Any, state: dict[str, Any]) -> None:
     """Put the saved weights, scalars, optimizer and early-stopping state into ``trainer``."""
+    if state.get("format") != FORMAT:
+        raise ValueError(
+            f"checkpoint format {state.get('format')} is not {FORMAT} (written by another "
+            "version of the harness): run again without --resume"
+        )
     if state.get("model_name", "").lower() != str(trainer.config["model"]).lower():
         raise ValueError(
             f"checkpoint holds {state.get('model_name')}, not {trainer.config['model']}"
@@ -155,7 +177,9 @@ def restore_model_and_optimizer(trainer: Any, state: dict[str, Any]) -> None:
     trainer.model.load_state_dict(state["state_dict"])
     trainer.model.load_other_parameter(state.get("other_parameter"))
     _set_scalar_attributes(trainer.model, state.get("scalars", {}))
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    optimizers = _optimizers(trainer)
+    for name, optimizer_state in state["optimizers"].items():
+        optimizers[name].load_state_dict(optimizer_state)
     scheduler = getattr(trainer, "scheduler", None)
     if "scheduler" in state and scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])

@@ -18,11 +18,14 @@ SETTINGS = {"epochs": 4, "stopping_step": 10, "train_batch_size": 16, "threads":
 
 # (model, extra settings): sequential with in-loader negative sampling (NumPy's generator) and
 # length-bucketed batches; a general model on RecBole's own shuffling; a sequential model with
-# dropout (torch's generator) and semantic positives.
+# dropout (torch's generator) and semantic positives; an autoencoder with two optimizers.
 CASES = {
     "FPMC": {"embedding_size": 8},
     "BPR": {"embedding_size": 8},
     "SLIME4Rec": {"hidden_size": 8, "inner_size": 16, "contrast": "us_x"},
+    # RecBole's own trainer with two optimizers (encoder, decoder) and a prior it updates.
+    # Its loader batches users (40 here): 8 a batch gives the kill after batch 3 room.
+    "RecVAE": {"hidden_dimension": 8, "latent_dimension": 4, "train_batch_size": 8},
 }
 
 _RUN = """
