@@ -8,17 +8,18 @@ summary.leaderboard  # path of the markdown leaderboard
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import configs, leaderboard
 from bench.configs import ConfigTree
 from bench.contract import RunResult, completed, write_result
+from bench.errors import BenchError
+from bench.executor import RunRequest, is_cluster, make_executor
 from bench.preflight import PreparedRun, preflight, resolve_models, resume_settings
-from bench.runner import run_safely
 
 
 @dataclass
@@ -53,6 +54,10 @@ def run(
     command: str | None = None,
     name: str | None = None,
     config_tree: ConfigTree | None = None,
+    workers: int | None = None,
+    gpus_per_run: float | None = None,
+    ray_address: str | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Train and evaluate every (model, seed) on ``dataset``, write one result each under
     ``<out>/runs`` and refresh ``<out>/leaderboard/<dataset>.{csv,md}``.
@@ -62,6 +67,11 @@ def run(
     the others go on. ``tuned`` layers ``bench tune``'s ``<out>/tuned/<dataset>/<Model>.yaml``
     over each model's defaults; ``config_tree`` is the configuration to read (default: the
     repository's, or ``$BENCH_CONFIG_DIR``).
+
+    Runs go through :mod:`bench.executor`: one after another in this process by default;
+    ``workers`` > 1 at a time in worker processes; with ``ray_address`` as Ray tasks of
+    ``gpus_per_run`` GPUs each. This process alone writes each result and rebuilds the
+    leaderboard after it. ``echo`` is told when a lost run is submitted again.
 
     While a run trains, its state after every epoch is kept under ``<out>/checkpoints``; with
     ``resume`` a run whose result exists (same settings, not cut by a smaller budget) is skipped
@@ -78,7 +88,8 @@ def run(
         config_files=config_files,
         quick=quick,
         tuned_from=configs.tuned_folder(out) if tuned else None,
-        device=device,
+        # With a cluster the driver may have no GPU: the workers check the device.
+        device="cpu" if is_cluster(ray_address) else device,
         data_dir=data_dir,
         cache_dir=out / "cache" / "datasets",
         name=name,
@@ -96,20 +107,51 @@ def run(
             summary.skipped.append((options.label, options.seed))
             continue
         planned.append(prepared)
+    if not planned:
+        _refresh(out, dataset, summary)
+        return summary
 
-    reporter = _ProgressReporter(len(planned)) if progress else None
-    with reporter.live() if reporter else nullcontext():
-        for prepared in planned:
-            hook = reporter.start_run(prepared) if reporter else None
-            result = run_safely(prepared, command=command, train_epoch_hook=hook)
-            write_result(out, result)
-            summary.results.append(result)
-            if reporter:
-                reporter.finish_run(result)
+    executor = make_executor(workers, gpus_per_run, ray_address)
+    if echo is not None:
+        executor.on_requeue = lambda request, why: echo(f"re-queued {request.key}: {why}")
+    run_device = executor.device_for(device)
+    queue = list(planned)
+    reporter = _ProgressReporter(len(queue)) if progress else None
+    try:
+        with reporter.live() if reporter else nullcontext():
+            while queue or executor.pending():
+                while queue and executor.pending() < executor.capacity:
+                    prepared = queue.pop(0)
+                    options = replace(prepared.options, device=run_device)
+                    request = RunRequest(
+                        key=f"{options.label} seed {options.seed}", options=options, command=command
+                    )
+                    hook = None
+                    if reporter and executor.in_process:
+                        hook = reporter.start_run(prepared)
+                    executor.submit(request, epoch_hook=hook)
+                for _request, outcome in executor.wait(timeout=1.0):
+                    result = outcome.result
+                    if outcome.fatal:  # the run refused its input, as the pre-flight would
+                        raise BenchError(result.error.message if result.error else outcome.error)
+                    write_result(out, result)
+                    summary.results.append(result)
+                    _refresh(out, dataset, summary)
+                    if reporter:
+                        reporter.finish_run(result)
+    except BaseException:
+        executor.cancel()
+        raise
+    finally:
+        executor.close()
+    return summary
+
+
+def _refresh(out: Path, dataset: str, summary: RunSummary) -> None:
+    """Rebuild the dataset's leaderboard (this process is its one writer)."""
     written = leaderboard.refresh(out, dataset)
     if written is not None:
         summary.leaderboard_csv, summary.leaderboard = written
-    return summary
 
 
 class _ProgressReporter:
@@ -157,6 +199,7 @@ class _ProgressReporter:
             info = f"test {metric} {result.test.get(metric, float('nan')):.4f}"
         else:
             info = f"FAILED: {result.error.type if result.error else '?'}"
-        self.progress.update(self.epochs, completed=self.progress.tasks[-1].total, info=info)
+        if self.epochs is not None:  # runs in this process have an epoch bar
+            self.progress.update(self.epochs, completed=self.progress.tasks[-1].total, info=info)
         self.progress.advance(self.runs)
         self.progress.console.print(f"{result.model} seed {result.seed}: {info}")

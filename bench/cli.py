@@ -32,6 +32,26 @@ ConfigOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")]
 DataDirOption = Annotated[Path | None, typer.Option(help="Folder holding <dataset>/")]
 ResultsOption = Annotated[Path, typer.Option(help="Results folder")]
+# Where runs execute (bench.executor): the same names for run, plan, tune and ablate.
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Runs at a time: 1 in this process (default), N in worker processes; with "
+        "--ray-address, Ray tasks (default: as many as the cluster holds)"
+    ),
+]
+GpusPerRunOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-run",
+        "--gpus-per-trial",
+        help="GPU share of each run (0.25: 4 a GPU); Ray default 1 where there are GPUs, else 0",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster HEAD:PORT to run on, or 'local' (a Ray instance of our own)"),
+]
 
 
 def _seeds(text: str) -> list[int]:
@@ -71,6 +91,9 @@ def run(
         str | None,
         typer.Option(help="Store one model's runs as this leaderboard row (a variant)"),
     ] = None,
+    workers: WorkersOption = None,
+    gpus_per_run: GpusPerRunOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Train and evaluate models on a dataset; write results and the leaderboard."""
     from bench import api, configs
@@ -91,6 +114,10 @@ def run(
         progress=True,
         command=shlex.join(["bench", *sys.argv[1:]]),
         name=name,
+        workers=workers,
+        gpus_per_run=gpus_per_run,
+        ray_address=ray_address,
+        echo=typer.echo,
     )
     for model, seed in summary.skipped:
         typer.echo(f"skipped {model} seed {seed}: result exists (--resume)")
@@ -132,7 +159,17 @@ def leaderboard_command(
 @app.command()
 def plan(
     plan_file: Annotated[Path, typer.Argument(help="Plan file, e.g. configs/plans/<name>.yaml")],
-    parallel: Annotated[int, typer.Option(help="Runs at a time (processes)")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "--parallel",
+            help="Runs at a time: 1 in this process (default), N in worker processes; with "
+            "--ray-address, Ray tasks (default: as many as the cluster holds)",
+        ),
+    ] = None,
+    gpus_per_run: GpusPerRunOption = None,
+    ray_address: RayAddressOption = None,
     deadline_s: Annotated[
         float, typer.Option(help="Seconds for the whole plan; late runs get less budget; 0: none")
     ] = 0,
@@ -142,7 +179,9 @@ def plan(
     min_budget_s: Annotated[
         float, typer.Option(help="A run granted less training time is not started")
     ] = 60,
-    threads: Annotated[int, typer.Option(help="CPU threads per run")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="PyTorch CPU threads per run; 0: its share of the cores")
+    ] = 0,
     device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
     out: ResultsOption = Path("results"),
@@ -152,7 +191,8 @@ def plan(
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing")] = False,
 ) -> None:
-    """Run a plan's runs as parallel `bench run` processes; rebuild the leaderboards."""
+    """Run a plan's runs (as `bench run` would, in parallel or on a Ray cluster); rebuild the
+    leaderboards."""
     from bench import plans
 
     record = plans.execute(
@@ -160,7 +200,9 @@ def plan(
         out=out,
         device=device,
         data_dir=data_dir,
-        parallel=parallel,
+        workers=workers,
+        gpus_per_run=gpus_per_run,
+        ray_address=ray_address,
         deadline_s=deadline_s,
         reserve_s=reserve_s,
         min_budget_s=min_budget_s,
@@ -169,7 +211,7 @@ def plan(
         dry_run=dry_run,
         echo=typer.echo,
     )
-    failed = [r for r in record.runs if r.get("returncode")]
+    failed = [r for r in record.runs if r.get("status") != "ok"]
     if failed or record.not_started:
         typer.echo(f"{len(failed)} run(s) failed, {len(record.not_started)} not started", err=True)
         raise typer.Exit(1)
@@ -265,10 +307,8 @@ def tune(
     model: Annotated[str, typer.Option(help="Model to tune")],
     dataset: Annotated[str, typer.Option(help="Dataset name")],
     trials: Annotated[int, typer.Option(help="Finished trials the study holds in total")],
-    workers: Annotated[int, typer.Option(help="Trials at a time; >1 runs Ray workers")] = 1,
-    gpus_per_trial: Annotated[
-        float | None, typer.Option(help="GPU share per trial (0.25: 4 per GPU); default 1 or 0")
-    ] = None,
+    workers: WorkersOption = None,
+    gpus_per_run: GpusPerRunOption = None,
     storage: Annotated[
         str | None,
         typer.Option(help="Journal file or database URL; default <out>/studies/journal.log"),
@@ -279,7 +319,11 @@ def tune(
     sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of every trial")] = 0,
     ray_address: Annotated[
-        str | None, typer.Option(help="Attach to a Ray cluster (needs a database --storage)")
+        str | None,
+        typer.Option(
+            help="Ray cluster HEAD:PORT (needs a database --storage), or 'local' (a Ray "
+            "instance of our own)"
+        ),
     ] = None,
     final_seeds: Annotated[
         str, typer.Option(help="Seeds to re-run the best config on; 'none' skips")
@@ -305,7 +349,7 @@ def tune(
             dataset,
             trials=trials,
             workers=workers,
-            gpus_per_trial=gpus_per_trial,
+            gpus_per_run=gpus_per_run,
             storage=storage,
             study_name=study,
             timeout=timeout,
@@ -339,11 +383,9 @@ def ablate(
     dataset: Annotated[str, typer.Option(help="Dataset name")],
     grid: Annotated[Path, typer.Option(help="Grid file, e.g. configs/ablations/<Model>.yaml")],
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds")] = "0,1,2",
-    workers: Annotated[int, typer.Option(help="Runs at a time; >1 runs Ray workers")] = 1,
-    gpus_per_trial: Annotated[
-        float | None, typer.Option(help="GPU share per run (0.25: 4 per GPU); default 1 or 0")
-    ] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Attach to a Ray cluster")] = None,
+    workers: WorkersOption = None,
+    gpus_per_run: GpusPerRunOption = None,
+    ray_address: RayAddressOption = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of every run")] = None,
     set_: SetOption = None,
     config: ConfigOption = None,
@@ -361,7 +403,7 @@ def ablate(
         grid,
         seeds=_seeds(seeds),
         workers=workers,
-        gpus_per_trial=gpus_per_trial,
+        gpus_per_run=gpus_per_run,
         ray_address=ray_address,
         settings=configs.parse_assignments(set_ or []),
         epochs=epochs,

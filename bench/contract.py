@@ -129,6 +129,10 @@ class Environment:
     cpu_count: int | None = None
     device: str | None = None
     device_name: str | None = None
+    # Where a run on Ray ran (bench.executor): the worker's host name and Ray's node id. Runs in
+    # this process or a local pool leave both out of the record.
+    host: str | None = field(default=None, metadata={"omit_none": True})
+    ray_node_id: str | None = field(default=None, metadata={"omit_none": True})
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Run plans: many ``bench run`` invocations as parallel processes, within a wall-clock deadline.
+"""Run plans: many runs through one executor (:mod:`bench.executor`), within a wall-clock
+deadline.
 
 A plan (``configs/plans/<name>.yaml``) lists jobs; each job is one model (or a list of models) on
 one dataset, over seeds, with optional settings, a run name (a variant row) and a training budget:
@@ -11,14 +12,17 @@ one dataset, over seeds, with optional settings, a run name (a variant row) and 
       - {dataset: ml-1m, models: all}   # the dataset's suite, as ``bench run --models all``
     baselines: {amazon-beauty: HybridContrastVAE}   # optional: leaderboards' --baseline
 
-Every (model, seed) becomes its own ``python -m bench run`` process, so a plan fills a many-core
-GPU machine; jobs start in the plan's order as slots free up. With a deadline, a job that starts
-late gets the time that is left (its ``time_budget_s`` shrinks) and one that would get less than
-``min_budget_s`` is not started: the plan ends on time and says what it left out. Every run goes
-through the pre-flight (:mod:`bench.preflight`) before the first process starts, so a plan with a
-misspelt setting or missing data fails at once, not in its hundredth process. The plan's
-record (commands, exit codes, times, what was skipped) is written to ``<out>/plans/<plan>.json``;
-each process's output to ``<out>/plans/<plan>/logs/``. The leaderboards are rebuilt at the end.
+Every (model, seed) is one run, what ``bench run`` would do for it: in this process (``--workers
+1``), in a pool of worker processes (``--workers N``) or as a Ray task on a cluster's nodes and
+GPUs (``--ray-address``); runs start in the plan's order as slots free up. With a deadline, a run
+that starts late gets the time that is left (its ``time_budget_s`` shrinks) and one that would get
+less than ``min_budget_s`` is not started: the plan ends on time and says what it left out. Every
+run goes through the pre-flight (:mod:`bench.preflight`) before the first one starts, so a plan
+with a misspelt setting or missing data fails at once, not in its hundredth run. Results come back
+to this process, which alone writes them and rebuilds a dataset's leaderboard after each run. The
+plan's record (the equivalent ``bench run`` commands, statuses, where and when each ran, what was
+skipped) is written to ``<out>/plans/<plan>.json``; each run's output to
+``<out>/plans/<plan>/logs/<key>.log`` (on a cluster, where that folder is shared).
 """
 
 from __future__ import annotations
@@ -27,18 +31,19 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import configs, leaderboard
 from bench.configs import ConfigTree
+from bench.contract import RunOptions, write_result
 from bench.errors import BenchError
+from bench.executor import RunRequest, is_cluster, make_executor
 from bench.io import write_json
 
 JOB_KEYS = frozenset({"dataset", "models", "seeds", "name", "set", "budget_s", "epochs"})
@@ -47,7 +52,7 @@ PLAN_KEYS = frozenset({"defaults", "jobs", "baselines"})
 
 @dataclass
 class PlannedRun:
-    """One ``bench run`` process of a plan."""
+    """One run of a plan: what ``bench run`` does for one model and seed."""
 
     dataset: str
     model: str
@@ -76,7 +81,8 @@ class PlannedRun:
     def command(
         self, budget_s: float, device: str, out: Path, data_dir: Path | None, resume: bool
     ) -> list[str]:
-        """The ``bench run`` command line of this run with the given training budget."""
+        """The ``bench run`` command line this run stands for, with the given training budget
+        (``--dry-run`` prints it; the run's result records it)."""
         cmd = [sys.executable, "-m", "bench", "run", "--models", self.model]
         cmd += ["--dataset", self.dataset, "--seeds", str(self.seed), "--device", device]
         cmd += ["--out", str(out)]
@@ -93,6 +99,33 @@ class PlannedRun:
         if resume:
             cmd.append("--resume")
         return cmd
+
+    def options(
+        self,
+        prepared: RunOptions,
+        budget_s: float,
+        device: str,
+        out: Path,
+        resume: bool,
+        threads: int = 0,
+    ) -> RunOptions:
+        """The typed options of :meth:`command`: what the pre-flight prepared at the plan's
+        budget, with the granted one, and where ``bench run --out`` keeps data and checkpoints."""
+        settings = dict(self.settings)
+        if self.epochs is not None:
+            settings["epochs"] = self.epochs
+        if budget_s > 0:
+            settings["time_budget_s"] = budget_s
+        if threads:
+            settings["threads"] = threads
+        return replace(
+            prepared,
+            settings=settings,
+            device=device,
+            cache_dir=out / "cache" / "datasets",
+            checkpoint_root=out / "checkpoints",
+            resume=resume,
+        )
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -210,8 +243,10 @@ def _finished(run: PlannedRun, prepared: Any, out: Path) -> bool:
 class PlanRecord:
     plan: str
     started_at: str
-    parallel: int
+    workers: int | None
     deadline_s: float
+    ray_address: str | None = None
+    gpus_per_run: float | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     not_started: list[dict[str, Any]] = field(default_factory=list)
     finished_at: str | None = None
@@ -227,51 +262,86 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _rebuild(out: Path, dataset: str, baselines: dict[str, str], final: bool = True) -> None:
+    """The dataset's leaderboard, with the plan's baseline when it names one. Before the end
+    (``final`` false) a baseline that has no successful run yet is left out for now."""
+    test = leaderboard.written_test(out, dataset)
+    if dataset not in baselines:
+        leaderboard.refresh(out, dataset)
+        return
+    try:
+        leaderboard.write(out, dataset, baselines[dataset], test)
+    except BenchError:
+        if final:
+            raise
+        leaderboard.write(out, dataset, test=test)
+
+
+def _finished_entry(entry: dict[str, Any], outcome: Any, elapsed: float) -> dict[str, Any]:
+    """A started run's record entry once its outcome is back."""
+    result = outcome.result
+    entry = {**entry, "status": result.status if result is not None else "failed"}
+    if outcome.error and entry["status"] != "ok":
+        entry["error"] = outcome.error
+    if outcome.attempts > 1:  # its worker (or node) was lost before: the attempts' reasons
+        entry["attempts"], entry["lost"] = outcome.attempts, outcome.lost
+    entry.update(host=outcome.host, pid=outcome.pid)
+    if outcome.ray_node_id:
+        entry["ray_node_id"] = outcome.ray_node_id
+    entry["end_s"] = round(elapsed, 1)
+    return entry
+
+
 def execute(
     plan_path: str | os.PathLike,
     *,
     out: str | os.PathLike = "results",
     device: str = "auto",
     data_dir: str | os.PathLike | None = None,
-    parallel: int = 1,
+    workers: int | None = None,
+    gpus_per_run: float | None = None,
+    ray_address: str | None = None,
     deadline_s: float = 0,
     reserve_s: float = 120,
     min_budget_s: float = 60,
-    threads: int = 1,
+    threads: int = 0,
     resume: bool = False,
     dry_run: bool = False,
     echo: Any = print,
     config_tree: ConfigTree | None = None,
 ) -> PlanRecord:
-    """Run a plan's runs, ``parallel`` at a time, and rebuild the leaderboards of its datasets.
-    ``config_tree``: the configuration every run reads (default: the repository's; the runs'
-    processes get it through ``$BENCH_CONFIG_DIR``)."""
+    """Run a plan's runs through :mod:`bench.executor` (``workers`` at a time: in this process
+    for one, worker processes for more, Ray tasks of ``gpus_per_run`` GPUs with ``ray_address``)
+    and rebuild the leaderboards of its datasets. This process alone writes the results and
+    rebuilds a dataset's leaderboard after each of its runs. ``threads``: each run's PyTorch CPU
+    threads (0: its share of the cores). ``config_tree``: the configuration every run reads
+    (default: the repository's)."""
     plan_path = Path(plan_path)
     tree = config_tree or ConfigTree.default()
     runs = load_plan(plan_path, tree)
     baselines = load_baselines(plan_path, tree)
     out = Path(out)
     data = Path(data_dir) if data_dir is not None else None
-    if parallel < 1:
-        raise BenchError("--parallel must be at least 1")
-    record = PlanRecord(plan_path.stem, _now(), parallel, deadline_s)
+    if workers is not None and workers < 1:
+        raise BenchError("--workers must be at least 1")
+    if threads < 0:
+        raise BenchError(f"--threads must be >= 0, got {threads}")
+    record = PlanRecord(
+        plan_path.stem,
+        _now(),
+        workers,
+        deadline_s,
+        ray_address=ray_address,
+        gpus_per_run=gpus_per_run,
+    )
     if dry_run:
         for run in runs:
             echo(shlex.join(run.command(run.budget_s, device, out, data, resume)))
         return record
-    prepared = _preflight(runs, device, data, tree)
-    logs = out / "plans" / plan_path.stem / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # One thread per process: a plan runs many processes on shared cores.
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        configs.CONFIG_DIR_ENV: str(tree.root),
-    }
-    start = time.monotonic()
+    # With a cluster the driver may have no GPU: the workers check the device.
+    prepared = _preflight(runs, "cpu" if is_cluster(ray_address) else device, data, tree)
+    start = time.monotonic()  # the deadline's clock
     queue = list(runs)
-    active: list[tuple[subprocess.Popen, dict[str, Any], Any]] = []
     record_path = out / "plans" / f"{plan_path.stem}.json"
     if resume:
         if record_path.exists():
@@ -281,6 +351,20 @@ def execute(
         for run in done:
             echo(f"skipped {run.key}: result exists (--resume)")
         queue = [r for r in queue if r not in done]
+    # Refused here (no GPU for --gpus-per-run, no cluster at the address): before any file.
+    executor = make_executor(workers, gpus_per_run, ray_address)
+    try:
+        run_device = executor.device_for(device)
+    except BenchError:
+        executor.close()
+        raise
+    record.workers, record.gpus_per_run = executor.capacity, executor.gpus_per_run
+    executor.on_requeue = lambda request, why: echo(
+        f"re-queued {request.key} (attempt {request.attempt}): {why}"
+    )
+    logs = out / "plans" / plan_path.stem / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started: dict[str, dict[str, Any]] = {}  # run key -> its record entry, while it runs
     # `kill` (or a scheduler taking the machine back) stops a plan as Ctrl-C does: the runs it
     # started are stopped and its record is kept. Only the main thread may set a handler.
     restore_sigterm = None
@@ -288,8 +372,8 @@ def execute(
         restore_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         restore_sigint = signal.getsignal(signal.SIGINT)
     try:
-        while queue or active:
-            while queue and len(active) < parallel:
+        while queue or executor.pending():
+            while queue and executor.pending() < executor.capacity:
                 run = queue.pop(0)
                 elapsed = time.monotonic() - start
                 budget = granted_budget(run.budget_s, elapsed, deadline_s, reserve_s)
@@ -298,27 +382,37 @@ def execute(
                     echo(f"not started {run.key}: {budget:.0f} s left before the deadline")
                     continue
                 cmd = run.command(budget, device, out, data, resume)
-                log = open(logs / f"{run.key}.log", "w", encoding="utf-8")  # noqa: SIM115
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                entry = {**asdict(run), "granted_budget_s": budget, "command": shlex.join(cmd)}
-                entry["start_s"] = round(elapsed, 1)
-                active.append((proc, entry, log))
+                request = RunRequest(
+                    key=run.key,
+                    options=run.options(
+                        prepared[run.key].options, budget, run_device, out, resume, threads
+                    ),
+                    command=shlex.join(["bench", *cmd[3:]]),  # as `bench run` would record it
+                    log_file=logs / f"{run.key}.log",
+                )
+                request.log_file.write_text("", encoding="utf-8")  # this execution's log only
+                executor.submit(request)
+                started[run.key] = {
+                    **asdict(run),
+                    "granted_budget_s": budget,
+                    "command": shlex.join(cmd),
+                    "start_s": round(elapsed, 1),
+                }
                 echo(f"started {run.key} (budget {budget:.0f} s)")
-            time.sleep(0.5)
-            for item in list(active):
-                proc, entry, log = item
-                if proc.poll() is None:
-                    continue
-                log.close()
-                entry["returncode"] = proc.returncode
-                entry["end_s"] = round(time.monotonic() - start, 1)
+            for request, outcome in executor.wait(timeout=1.0):
+                run_entry = started.pop(request.key)
+                elapsed = time.monotonic() - start
+                if outcome.result is not None:
+                    write_result(out, outcome.result)
+                    _rebuild(out, run_entry["dataset"], baselines, final=False)
+                entry = _finished_entry(run_entry, outcome, elapsed)
                 record.runs.append(entry)
-                active.remove(item)
                 # Saved after every run: a plan cut off (machine taken back) keeps its record.
                 write_json(record_path, asdict(record))
+                why = "" if entry["status"] == "ok" else f" ({entry.get('error', '?')})"
                 echo(
                     f"finished {entry['dataset']} {entry['name'] or entry['model']} "
-                    f"seed {entry['seed']}: exit {proc.returncode} after "
+                    f"seed {entry['seed']}: {entry['status']}{why} after "
                     f"{entry['end_s'] - entry['start_s']:.0f} s"
                 )
     except BaseException:  # interrupted: stop the runs it started, keep the record
@@ -327,24 +421,18 @@ def execute(
             # must not cut this cleanup short and leave runs behind with no record.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for proc, entry, log in active:
-            proc.terminate()
-            proc.wait()
-            log.close()
-            record.runs.append({**entry, "returncode": proc.returncode, "interrupted": True})
+        executor.cancel()
+        for entry in started.values():
+            record.runs.append({**entry, "status": "interrupted", "interrupted": True})
         write_json(record_path, asdict(record))
         raise
     finally:
+        executor.close()
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
             signal.signal(signal.SIGINT, restore_sigint)
     for dataset in sorted({r.dataset for r in runs}):
-        if dataset in baselines:
-            leaderboard.write(
-                out, dataset, baselines[dataset], leaderboard.written_test(out, dataset)
-            )
-        else:
-            leaderboard.refresh(out, dataset)
+        _rebuild(out, dataset, baselines)
     record.finished_at = _now()
     write_json(record_path, asdict(record))
     return record

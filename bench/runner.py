@@ -146,7 +146,8 @@ def execute(
     """Train and evaluate one prepared run. Returns a result with status ``ok``. ``replay``
     (``bench reproduce``): stop each training stage where a recorded run's budget stopped it.
 
-    Exceptions from RecBole or the model propagate; :func:`run_safely` records them.
+    Exceptions from RecBole or the model propagate; :func:`bench.executor.run_request` records
+    them as a failed result (:func:`failed_result`).
     """
     import torch
     from recbole.config import Config
@@ -342,19 +343,3 @@ def recbole_warnings_silenced() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         yield
-
-
-def run_safely(
-    prepared: PreparedRun,
-    epoch_callback: EpochCallback | None = None,
-    command: str | None = None,
-    train_epoch_hook: TrainEpochHook | None = None,
-) -> RunResult:
-    """:func:`execute`, with any exception turned into a ``failed`` result."""
-    with recbole_warnings_silenced():
-        try:
-            return execute(prepared, epoch_callback, command, train_epoch_hook)
-        except (KeyboardInterrupt, BenchError):
-            raise
-        except Exception as exc:  # one model's failure must not stop the others
-            return failed_result(prepared.options, exc, command)

@@ -248,7 +248,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
             fold_in(model, data.fold_in)
         build_seconds = time.perf_counter() - t1
         trainer = recording_trainer(config, model)
-        with warnings.catch_warnings():  # as bench.runner.run_safely
+        with warnings.catch_warnings():  # as bench.runner.recbole_warnings_silenced
             warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             measured = _train_and_validate(trainer, data.train, data.valid, job)

@@ -343,3 +343,20 @@ MODEL_FILES = sorted((configs.PACKAGE_CONFIG_DIR / "models").glob("*.yaml"))
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
 def test_shipped_model_files_leave_the_protocol_to_the_dataset(path):
     assert not set(configs.load_yaml(path)) & configs.PROTOCOL_KEYS
+
+
+def test_old_option_names_are_aliases(tmp_path, monkeypatch, capsys):
+    """`--parallel` (plans) and `--gpus-per-trial` (tune, ablate) name `--workers` and
+    `--gpus-per-run`."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text("jobs:\n  - {dataset: ml-100k, models: [Pop], seeds: [0, 1]}\n")
+    code, captured = _main(monkeypatch, capsys, "plan", str(plan), "--parallel", "2", "--dry-run")
+    assert code in (0, None), captured.err
+    assert captured.out.count(" -m bench run --models Pop --dataset ml-100k") == 2
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  n_layers: [1, 2]\n")
+    code, captured = _main(
+        monkeypatch, capsys, "ablate", "--model", "SASRec", "--dataset", "ml-100k",
+        "--grid", str(grid), "--gpus-per-trial", "-1", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 2 and "--gpus-per-run must be >= 0, got -1" in captured.err

@@ -24,6 +24,7 @@ SETTINGS = {
     "FME": {"embedding_size": 8},
     "TimeWeightCF": {"k": 20},
     "RecentPop": {},
+    "Pop": {},
     "MultVAE": VAE,
     "MultDAE": {"latent_dimension": 8, "train_batch_size": 200},
     "Vamp": VAMP,
@@ -50,7 +51,7 @@ def test_runs_through_bench_run(model, tmp_path):
     spec_names = {s.name for s in registry.all_models() if s.source == "recbole_ext"}
     assert model in spec_names, f"{model} is not registered"
     settings = {**CHEAP, **SETTINGS[model]}
-    if "train_sample_limit" in settings and model in ("MarkovChain", "TimeWeightCF", "RecentPop"):
+    if "train_sample_limit" in settings and model in ("MarkovChain", "TimeWeightCF", "RecentPop", "Pop"):
         settings.pop("train_sample_limit")  # count-based: the statistics are the model
     summary = api.run([model], "ml-100k", out=tmp_path, settings=settings)
     result = summary.results[0]

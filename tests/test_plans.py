@@ -1,4 +1,4 @@
-"""Run plans: parsing, deadline budgets, and a small plan run end to end in parallel processes."""
+"""Run plans: parsing, deadline budgets, and a small plan run end to end in worker processes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 
 import pandas as pd
 import pytest
 
-from bench import configs, contract, plans
+from bench import configs, contract, executor, plans
 from bench.errors import BenchError
 from tests.helpers import ROOT
 
@@ -99,11 +98,20 @@ baselines: {tiny: Pop-variant}
     )
     out = tiny_sequences / "out"
     common = dict(out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
-    record = plans.execute(path, parallel=2, **common)
-    assert sorted(r["returncode"] for r in record.runs) == [0, 0, 0] and not record.not_started
+    record = plans.execute(path, workers=2, **common)
+    assert [r["status"] for r in record.runs] == ["ok", "ok", "ok"] and not record.not_started
+    # Two worker processes, neither of them this one, ran the three runs.
+    assert len({r["pid"] for r in record.runs}) == 2 and os.getpid() not in {
+        r["pid"] for r in record.runs
+    }
     saved = json.loads((out / "plans" / "p.json").read_text())
-    assert len(saved["runs"]) == 3
-    assert (out / "plans" / "p" / "logs" / "tiny__Pop-variant__seed-0.log").is_file()
+    assert len(saved["runs"]) == 3 and saved["workers"] == 2
+    # Each run's output went to its log; its result records the `bench run` it stands for.
+    log = (out / "plans" / "p" / "logs" / "tiny__Pop-variant__seed-0.log").read_text()
+    assert log.startswith("bench run --models Pop") and "\nok: test ndcg@10=" in log
+    variant = contract.read_result(out / "runs" / "tiny" / "Pop-variant" / "seed-0.json")
+    assert variant.command.startswith("bench run --models Pop --dataset tiny --seeds 0")
+    assert "--name Pop-variant" in variant.command and "time_budget_s=500" in variant.command
     table = pd.read_csv(out / "leaderboard" / "tiny.csv").set_index("model")
     assert table.loc["Pop", "seeds"] == 2 and table.loc["Pop-variant", "seeds"] == 1
     references = pd.read_csv(out / "leaderboard" / "tiny.significance.csv")["reference"]
@@ -122,7 +130,8 @@ baselines: {tiny: Pop-variant}
     assert not plans.execute(path, resume=True, **common).runs
     uncapped = write_plan(tiny_sequences, path.read_text().replace("budget_s: 500", "budget_s: 0"))
     rerun = plans.execute(uncapped, resume=True, **common)
-    assert [(r["name"], r["returncode"]) for r in rerun.runs] == [("Pop-variant", 0)]
+    assert [(r["name"], r["status"]) for r in rerun.runs] == [("Pop-variant", "ok")]
+    assert rerun.runs[0]["pid"] == os.getpid()  # one worker: in this process
     assert contract.read_result(variant).stopped_by_budget is False
 
     # 0.5 s left after the reserve: below min_budget_s, so nothing starts.
@@ -148,11 +157,11 @@ jobs:
     assert not (out / "plans").exists() and not (out / "runs").exists()
 
 
-def _ctrl_c(_seconds):
+def _ctrl_c(_executor, timeout=None):
     raise KeyboardInterrupt
 
 
-def _sigterm(_seconds):
+def _sigterm(_executor, timeout=None):
     # What a scheduler or a `kill` sends; a plan started in the background ignores Ctrl-C.
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -160,31 +169,36 @@ def _sigterm(_seconds):
 @pytest.mark.parametrize("stop", [_ctrl_c, _sigterm], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_plan_stops_its_runs_and_keeps_its_record(tiny_sequences, monkeypatch, stop):
     path = write_plan(tiny_sequences, "jobs:\n  - {dataset: tiny, models: [Pop]}\n")
-    monkeypatch.setattr(plans.time, "sleep", stop)
+    # Stopped while its run is with a worker process.
+    monkeypatch.setattr(executor.PoolExecutor, "wait", stop)
     out = tiny_sequences / "out"
+    common = dict(out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
     with pytest.raises(KeyboardInterrupt):
-        plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
+        plans.execute(path, workers=2, **common)
     saved = json.loads((out / "plans" / "p.json").read_text())
     assert [r["interrupted"] for r in saved["runs"]] == [True]
-    assert saved["runs"][0]["returncode"] != 0 and saved["finished_at"] is None
+    assert saved["runs"][0]["status"] == "interrupted" and saved["finished_at"] is None
+    assert not (out / "runs").exists()  # the stopped run wrote no result
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
 def test_a_second_signal_does_not_cut_the_cleanup_short(tiny_sequences, monkeypatch):
     """`uv run bench plan` forwards the SIGTERM it gets: the plan may see the signal twice."""
     path = write_plan(tiny_sequences, "jobs:\n  - {dataset: tiny, models: [Pop]}\n")
-    monkeypatch.setattr(plans.time, "sleep", _sigterm)
-    terminate = subprocess.Popen.terminate
+    monkeypatch.setattr(executor.PoolExecutor, "wait", _sigterm)
+    stop_all = executor.PoolExecutor._stop_all
 
-    def terminate_and_signal_again(proc):
+    def stop_and_signal_again(pool):
         os.kill(os.getpid(), signal.SIGTERM)
-        terminate(proc)
+        stop_all(pool)
 
-    monkeypatch.setattr(subprocess.Popen, "terminate", terminate_and_signal_again)
+    monkeypatch.setattr(executor.PoolExecutor, "_stop_all", stop_and_signal_again)
     out = tiny_sequences / "out"
     sigint = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None)
+        plans.execute(
+            path, workers=2, out=out, device="cpu", data_dir=tiny_sequences, echo=lambda _: None
+        )
     saved = json.loads((out / "plans" / "p.json").read_text())
     assert [r["interrupted"] for r in saved["runs"]] == [True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

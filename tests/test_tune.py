@@ -1,5 +1,7 @@
-"""bench tune: search spaces, in-process trials (pruning, failures, export, --tuned), Ray workers
-in parallel, and kill-and-resume of a real driver process. Tiny SASRec runs on ml-100k."""
+"""bench tune: search spaces, in-process trials (pruning, failures, export, --tuned), worker
+processes in parallel, kill-and-resume of a real driver process, and a trial recorded just
+before its driver died adopted on resume. Tiny SASRec runs on ml-100k. (Trials on a Ray
+cluster: tests/test_cluster.py and tests/test_postgres_storage.py.)"""
 
 from __future__ import annotations
 
@@ -150,6 +152,8 @@ def test_bad_tune_input_is_refused_before_any_trial(tmp_path: Path) -> None:
         tune("SASRec", "ml-100k", ray_address="ray://head:10001", **common)
     with pytest.raises(BenchError, match="both searched"):
         tune("SASRec", "ml-100k", settings={"learning_rate": 0.1}, **common)
+    with pytest.raises(BenchError, match="--gpus-per-run and --gpus-per-trial .* disagree"):
+        tune("SASRec", "ml-100k", gpus_per_run=0.5, gpus_per_trial=0.25, **common)
     with pytest.raises(BenchError, match="unknown --pruner"):
         tune("SASRec", "ml-100k", pruner="asha", **common)
     with pytest.raises(BenchError, match="has no hyperparameter to tune"):
@@ -225,19 +229,20 @@ def test_in_process_study_prunes_isolates_failures_exports_and_reruns(
     assert any(line.startswith("final seed 0: test ndcg@10=") for line in lines)
 
 
-# --- Ray workers ---------------------------------------------------------------------------
+# --- worker processes ----------------------------------------------------------------------
 
 
-def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
-    config_tree: configs.ConfigTree, tmp_path: Path, out: Path
+def test_two_worker_processes_run_trials_in_parallel_and_prune_across_processes(
+    config_tree: configs.ConfigTree, tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
 
     from bench.tuning import tune
 
+    monkeypatch.setitem(sys.modules, "ray", None)  # a local pool: Ray must not even be imported
     space = tmp_path / "space.yaml"
     space.write_text(LR_SPACE)
-    storage = tmp_path / "ray.log"
+    storage = tmp_path / "pool.log"
     summary = tune(
         "SASRec",
         "ml-100k",
@@ -245,7 +250,7 @@ def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
         workers=2,
         space=space,
         storage=storage,
-        study_name="ray",
+        study_name="pool",
         out=out,
         settings=FAST,
         epochs=1,
@@ -257,12 +262,14 @@ def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
         final_seeds=(),
         config_tree=config_tree,
     )
-    trials = _study(storage, "ray").get_trials()
-    # The workers read the driver's tree (handed to them in the job, no global reassigned).
-    records = [json.loads(p.read_text()) for p in (out / "studies" / "ray").glob("*/result.json")]
+    trials = _study(storage, "pool").get_trials()
+    # The workers read the driver's tree (handed to them in the request, no global reassigned).
+    records = [json.loads(p.read_text()) for p in (out / "studies" / "pool").glob("*/result.json")]
     trained = [r for r in records if r.get("config")]  # a pruned trial keeps no result
     assert trained and all(r["config"]["attn_dropout_prob"] == 0.25 for r in trained)
     assert all(r["trial"]["pid"] != os.getpid() for r in trained)
+    # Two threads each: the runs' share of this machine's cores is counted from two workers.
+    assert all(r["config"]["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in trained)
     states = optuna.trial.TrialState
     first, second, third = trials
     # Two worker processes, not this one, ran the first two trials at the same time. (The one
@@ -277,6 +284,7 @@ def test_two_ray_workers_run_trials_in_parallel_and_prune_across_processes(
     # reported to the study and asked the pruner itself.
     assert third.state == states.PRUNED and third.intermediate_values
     assert summary.counts["complete"] >= 1 and summary.best_trial in (0, 1)
+    assert not list((out / "studies" / "pool").glob("trial-*/checkpoints"))  # none left behind
 
 
 # --- kill and resume -----------------------------------------------------------------------
@@ -333,10 +341,81 @@ def test_sigkilled_driver_resumes_without_losing_or_double_counting(
     for number, value in completed.items():  # completed trials kept as they were
         assert by_number[number].state == states.COMPLETE and by_number[number].value == value
     killed = by_number[running[0]]
-    assert killed.state == states.FAIL and killed.user_attrs["interrupted"] is True
     retries = [t for t in after if t.user_attrs.get("retry_of") == killed.number]
-    assert len(retries) == 1 and retries[0].params == killed.params
+    if killed.state == states.COMPLETE:  # killed after recording its result: adopted
+        assert not retries and "adopted" in second.stdout
+    else:
+        assert killed.state == states.FAIL and killed.user_attrs["interrupted"] is True
+        assert len(retries) == 1 and retries[0].params == killed.params
     counted = [t for t in after if t.state.is_finished() and not t.user_attrs.get("interrupted")]
     assert len(counted) == 2  # --trials 2 in total, across both drivers
     assert all(t.state.is_finished() for t in after)
     assert (out / "tuned" / "ml-100k" / "SASRec.yaml").is_file()
+
+
+class _Killed(Exception):
+    """The driver dies here."""
+
+
+def _killed(*_args: object) -> None:
+    raise _Killed
+
+
+def _gap_study(tmp_path: Path, recorded_params: dict | None = None):
+    """A study whose trial 0 is RUNNING and whose driver died in the gap between writing the
+    trial's result record and setting its attributes: (study, study folder)."""
+    import optuna
+
+    from bench.contract import RunResult
+    from bench.executor import RunOutcome
+    from bench.tuning.study import _record
+
+    study = optuna.create_study(study_name="gap", direction="maximize")
+    trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1.0)})
+    if recorded_params is None:
+        trial.set_user_attr = _killed  # the driver dies right after writing the record
+    else:  # a stale record, of another study of the same name
+        trial = type("Stale", (), {"number": 0, "params": recorded_params})()
+        trial.set_user_attr = _killed
+    result = RunResult(
+        "ok", "ml-100k", "SASRec", 0, valid_metric="ndcg@10", best_valid_score=0.25,
+        valid={"ndcg@10": 0.25}, test={"ndcg@10": 0.2}, best_epoch=1, config_hash="abc",
+    )  # fmt: skip
+    now = time.time()
+    outcome = RunOutcome("ok", 0.25, result, host="h", pid=123, started_at=now, finished_at=now)
+    with pytest.raises(_Killed):
+        _record(study, trial, outcome, tmp_path / "gap" / "trial-0", "ndcg@10")
+    return study, tmp_path / "gap"
+
+
+def test_a_trial_recorded_ok_before_its_driver_died_is_adopted_not_run_again(tmp_path: Path):
+    import optuna
+
+    from bench.tuning.study import _recover
+
+    study, folder = _gap_study(tmp_path)
+    assert json.loads((folder / "trial-0" / "result.json").read_text())["status"] == "ok"
+    lines: list[str] = []
+    _recover(study, folder, "ndcg@10", lines.append)
+    (trial,) = study.get_trials()  # adopted: nothing queued again
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.25
+    assert trial.user_attrs["valid"] == {"ndcg@10": 0.25} and trial.user_attrs["pid"] == 123
+    assert not trial.user_attrs.get("interrupted")
+    assert lines == [
+        "trial 0: left RUNNING by a stopped driver after its result was recorded: adopted, "
+        "COMPLETE ndcg@10=0.2500"
+    ]
+
+
+def test_a_stale_record_of_other_parameters_is_not_adopted(tmp_path: Path):
+    import optuna
+
+    from bench.tuning.study import _recover
+
+    study, folder = _gap_study(tmp_path, recorded_params={"learning_rate": 0.5})
+    lines: list[str] = []
+    _recover(study, folder, "ndcg@10", lines.append)
+    killed, retry = study.get_trials()
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["interrupted"]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert lines[0] == "trial 0: left RUNNING by a stopped driver, marked FAIL"

@@ -7,7 +7,7 @@ A grid file (``configs/ablations/<Model>.yaml``)::
       key_a: [value1, value2]
       key_b: [v1, v2]
 
-Runs go through :mod:`bench.tuning.executor` (in-process, or Ray workers) and land in
+Runs go through :mod:`bench.executor` (in this process, worker processes or Ray tasks) and land in
 ``<out>/ablations/<dataset>/<Model>/variant-<i>/seed-<s>.json``; the report is
 ``<out>/ablations/<dataset>/<Model>.md`` and ``.csv``. The reference ("full model") is the variant
 whose values are the model's defaults, else the grid's first combination; the report says which.
@@ -25,7 +25,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,10 @@ from bench import configs
 from bench.configs import ConfigTree
 from bench.contract import RunError, RunResult, write_record
 from bench.errors import BenchError
+from bench.executor import RunOutcome, RunRequest, is_cluster, make_executor
 from bench.io import write_text
 from bench.leaderboard.render import markdown_table
 from bench.preflight import PreparedRun, preflight
-from bench.tuning.executor import Job, JobOutcome, job_device, make_executor
 
 _MISSING = object()
 
@@ -262,17 +262,20 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
-def _run_of(job: Job, outcome: JobOutcome) -> RunResult:
-    """A job's run as the ablation counts it: its result, or a failed one saying why."""
-    if outcome.state == "ok" and outcome.result is not None:
+def _run_of(request: RunRequest, outcome: RunOutcome) -> RunResult:
+    """A run as the ablation counts it: its result when it trained to the end with a finite
+    validation score, else a failed one saying why."""
+    if outcome.state == "ok" and outcome.value is not None and outcome.result is not None:
         return outcome.result
+    options = request.options
+    error = outcome.error or f"no finite validation score ({outcome.value})"
     return RunResult(
         status="failed",
-        dataset=job.dataset,
-        model=job.model,
-        seed=job.seed,
+        dataset=options.dataset,
+        model=options.model,
+        seed=options.seed,
         stop_reason="failed",
-        error=RunError(message=outcome.error or "", traceback=outcome.traceback),
+        error=RunError(message=error, traceback=outcome.traceback),
     )
 
 
@@ -282,8 +285,8 @@ def ablate(
     grid: str | os.PathLike,
     *,
     seeds: Sequence[int] = (0, 1, 2),
-    workers: int = 1,
-    gpus_per_trial: float | None = None,
+    workers: int | None = None,
+    gpus_per_run: float | None = None,
     ray_address: str | None = None,
     settings: dict[str, Any] | None = None,
     epochs: int | None = None,
@@ -294,13 +297,19 @@ def ablate(
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
     config_tree: ConfigTree | None = None,
+    gpus_per_trial: float | None = None,
 ) -> AblationSummary:
     """Run every grid variant x seed of ``model`` on ``dataset``; write the report.
 
     ``settings`` / ``epochs`` / ``config_files`` apply to every run (a grid key may not also be
-    set). A run that fails is recorded and reported; the others go on. ``config_tree``: the
-    configuration to read (default: the repository's).
+    set). A run that fails is recorded and reported; the others go on. Runs go through
+    :mod:`bench.executor`: ``workers``, ``gpus_per_run`` (``gpus_per_trial``: its old name) and
+    ``ray_address`` as for :func:`bench.tuning.tune`. ``config_tree``: the configuration to read
+    (default: the repository's).
     """
+    from bench.tuning.study import _gpus_alias
+
+    gpus_per_run = _gpus_alias(gpus_per_run, gpus_per_trial)
     say = progress or (lambda _line: None)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -317,7 +326,7 @@ def ablate(
         settings=settings,
         epochs=epochs,
         config_files=config_files,
-        device="cpu" if ray_address else device,
+        device="cpu" if is_cluster(ray_address) else device,
         data_dir=data_dir,
         cache_dir=cache_dir,
         searched=list(grid_values),
@@ -325,7 +334,6 @@ def ablate(
         config_tree=tree,
     )
     base, overrides = checked.runs[0], checked.overrides
-    config_paths = [str(p) for p in checked.config_files]
     model = base.spec.name
     combos = variants(grid_values)
     reference, reason = find_reference(base, combos)
@@ -334,30 +342,30 @@ def ablate(
     runs: dict[tuple[int, int], RunResult] = {}
 
     queue = [(i, s) for i in range(len(combos)) for s in seeds]
-    executor = make_executor(workers, gpus_per_trial, ray_address)
+    executor = make_executor(workers, gpus_per_run, ray_address)
+    executor.on_requeue = lambda request, why: say(f"{request.key}: worker lost ({why}), again")
     try:
-        run_device = job_device(executor, device)
+        run_device = executor.device_for(device)
         while queue or executor.pending():
             while queue and executor.pending() < executor.capacity:
                 index, seed = queue.pop(0)
                 executor.submit(
-                    Job(
+                    RunRequest(
                         key=(index, seed),
-                        dataset=dataset,
-                        model=model,
-                        seed=seed,
-                        settings={**overrides, **combos[index]},
-                        device=run_device,
-                        config_files=config_paths,
-                        data_dir=str(data_dir) if data_dir is not None else None,
-                        cache_dir=str(cache_dir),
-                        config_dir=str(tree.root),
+                        options=replace(
+                            base.options,
+                            model=model,
+                            seed=seed,
+                            settings={**overrides, **combos[index]},
+                            device=run_device,
+                            checkpoint_root=folder / model / "checkpoints",
+                        ),
                         command=command,
                     )
                 )
-            for job, outcome in executor.wait():
-                index, seed = job.key
-                run = _run_of(job, outcome)
+            for request, outcome in executor.wait(timeout=1.0):
+                index, seed = request.key
+                run = _run_of(request, outcome)
                 write_record(
                     folder / model / f"variant-{index + 1}" / f"seed-{seed}.json",
                     run,

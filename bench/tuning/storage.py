@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.executor import is_cluster
 
 JOURNAL_NAME = "journal.log"
 
@@ -30,7 +31,7 @@ def resolve(
 ) -> str:
     """The storage spec every process opens: a database URL, or an absolute journal file path."""
     spec = str(storage) if storage is not None else str(default_journal(out))
-    if ray_address:
+    if is_cluster(ray_address):  # nodes on other machines (not --ray-address local)
         if not is_url(spec):
             raise BenchError(
                 f"--ray-address: the journal file {spec} is local to this machine; pass --storage "

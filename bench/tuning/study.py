@@ -1,14 +1,19 @@
 """The tune loop: an Optuna study over one (model, dataset), resumable, with pruning.
 
 The driver alone asks Optuna for trials and tells it their outcome (ask/tell); trials run through
-:mod:`bench.tuning.executor`, in this process or as Ray workers, and report each validation score
-to the trial themselves. Everything lives in the study storage, so a study survives its driver:
+:mod:`bench.executor` (in this process, in worker processes, or as Ray tasks), and report each
+validation score to the trial themselves. Everything lives in the study storage, so a study
+survives its driver:
 
 - running the same command again continues the study; ``trials`` counts every finished trial
   (complete, pruned or failed) in the study, so a resumed study runs only the remainder;
 - a trial left RUNNING by a driver that died (SIGKILL, power loss) is marked FAIL with
   ``interrupted`` set, not counted, and its parameters are queued again, so none is lost or
-  counted twice; Ctrl-C (or SIGTERM) does the same for the trials in flight, at once;
+  counted twice; Ctrl-C (or SIGTERM) does the same for the trials in flight, at once. One whose
+  result the driver had recorded ok (``trial-N/result.json``) before it died is adopted as
+  COMPLETE from that record instead: a finished training run is not thrown away;
+- a trial whose worker (or Ray node) is lost runs again under the same number, from its last
+  checkpoint where ``<out>`` is shared (:mod:`bench.executor`);
 - one driver at a time per study: a lock file in the study's folder refuses a second one.
 
 At the end the best trial's parameters go to ``<out>/tuned/<dataset>/<Model>.yaml`` and that
@@ -19,32 +24,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import math
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import configs
 from bench.configs import ConfigTree
-from bench.contract import write_record
+from bench.contract import RunOptions, write_record
 from bench.errors import BenchError
+from bench.executor import RunOutcome, RunRequest, TrialLink, is_cluster, make_executor
 from bench.io import write_json
 from bench.preflight import model_spec, preflight
 from bench.tuning import storage as storages
-from bench.tuning.executor import (
-    Job,
-    JobOutcome,
-    LocalExecutor,
-    TrialLink,
-    job_device,
-    make_executor,
-)
 from bench.tuning.export import export_tuned
 from bench.tuning.pruners import make_pruner
 from bench.tuning.samplers import make_sampler
@@ -130,13 +131,23 @@ def _mark_interrupted(study: Any, trial: Any, why: str) -> None:
     study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
-def _recover(study: Any, say: Progress) -> None:
-    """Fail trials a dead driver left RUNNING, and queue interrupted trials' params again."""
+def _recover(study: Any, study_dir: Path, metric: str, say: Progress) -> None:
+    """Settle the trials a dead driver left RUNNING: one whose result was recorded ok (the driver
+    died between writing ``trial-N/result.json`` and telling Optuna) is adopted as COMPLETE; the
+    others are failed with ``interrupted`` set. Then queue interrupted trials' params again."""
     import optuna
 
     states = optuna.trial.TrialState
     for frozen in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         handle = optuna.trial.Trial(study, frozen._trial_id)
+        record = _recorded_ok(study, frozen, study_dir)
+        if record is not None:
+            value = _adopt(study, handle, record, study_dir / f"trial-{frozen.number}")
+            say(
+                f"trial {frozen.number}: left RUNNING by a stopped driver after its result was "
+                f"recorded: adopted, COMPLETE {metric}={value:.4f}"
+            )
+            continue
         _mark_interrupted(study, handle, "the driver stopped while the trial ran")
         say(f"trial {frozen.number}: left RUNNING by a stopped driver, marked FAIL")
     trials = study.get_trials(deepcopy=False)
@@ -145,6 +156,51 @@ def _recover(study: Any, say: Progress) -> None:
         if frozen.user_attrs.get("interrupted") and frozen.number not in retried:
             study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
             say(f"trial {frozen.number}: interrupted, its parameters are queued again")
+
+
+# A worker's clock may run behind the driver's (another machine): how much earlier than the trial
+# its record may say it started and still be the trial's.
+_CLOCK_SKEW_S = 300.0
+
+
+def _recorded_ok(study: Any, frozen: Any, study_dir: Path) -> dict[str, Any] | None:
+    """The ``trial-N/result.json`` of a RUNNING trial when it records this very trial (study,
+    number, parameters, started after the trial was asked) finishing ok with a finite value."""
+    try:
+        record = json.loads((study_dir / f"trial-{frozen.number}" / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    trial = record.get("trial") or {}
+    value = record.get("best_valid_score")
+    asked = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+    if (
+        record.get("status") != "ok"
+        or trial.get("study") != study.study_name
+        or trial.get("number") != frozen.number
+        or trial.get("params") != frozen.params
+        or float(trial.get("started_at") or 0) < asked - _CLOCK_SKEW_S
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+    ):
+        return None
+    return record
+
+
+def _adopt(study: Any, handle: Any, record: dict[str, Any], trial_dir: Path) -> float:
+    """Finish a trial from its recorded result, as :func:`_record` would have."""
+    trial = record["trial"]
+    attrs = {k: trial.get(k) for k in ("host", "pid", "started_at", "finished_at", "seconds")}
+    attrs["result_file"] = str(trial_dir / "result.json")
+    attrs.update({k: trial[k] for k in ("ray_node_id", "attempts", "lost") if trial.get(k)})
+    for key in ("valid_metric", "best_epoch", "valid", "test", "config_hash"):
+        attrs[key] = record.get(key)
+    for key, value in attrs.items():
+        handle.set_user_attr(key, value)
+    value = float(record["best_valid_score"])
+    study.tell(handle, value)
+    return value
 
 
 def _check_study(study: Any, model: str, dataset: str, direction: str) -> None:
@@ -186,12 +242,16 @@ def _format_params(params: dict[str, Any]) -> str:
     )
 
 
-def _record(study: Any, trial: Any, outcome: JobOutcome, trial_dir: Path, metric: str) -> str:
+def _record(study: Any, trial: Any, outcome: RunOutcome, trial_dir: Path, metric: str) -> str:
     """Store the outcome on the trial (user attrs; test metrics only as attrs), write the trial's
     result record and tell Optuna. Returns a one-line description."""
     import optuna
 
     result = outcome.result
+    state, error = outcome.state, outcome.error
+    if state == "ok" and outcome.value is None:  # trained to the end, but nothing to rank
+        state = "failed"
+        error = f"no finite validation score ({result.best_valid_score if result else None})"
     attrs: dict[str, Any] = {
         "host": outcome.host,
         "pid": outcome.pid,
@@ -200,7 +260,11 @@ def _record(study: Any, trial: Any, outcome: JobOutcome, trial_dir: Path, metric
         "seconds": outcome.seconds,
         "result_file": str(trial_dir / "result.json"),
     }
-    if outcome.state == "ok" and result is not None:
+    if outcome.ray_node_id:
+        attrs["ray_node_id"] = outcome.ray_node_id
+    if outcome.attempts > 1:  # its worker (or node) was lost before
+        attrs["attempts"], attrs["lost"] = outcome.attempts, outcome.lost
+    if state == "ok" and result is not None:
         attrs.update(
             valid_metric=result.valid_metric,
             best_epoch=result.best_epoch,
@@ -208,35 +272,39 @@ def _record(study: Any, trial: Any, outcome: JobOutcome, trial_dir: Path, metric
             test=result.test,  # recorded for the report, never used for selection
             config_hash=result.config_hash,
         )
-    if outcome.error:
-        attrs["error"] = outcome.error
+    if error:
+        attrs["error"] = error
+    recorded = ("host", "pid", "ray_node_id", "attempts", "lost")
+    recorded += ("started_at", "finished_at", "seconds")
     write_record(
         trial_dir / "result.json",
         result,
-        status={"ok": "ok", "pruned": "pruned"}.get(outcome.state, "failed"),
+        status={"ok": "ok", "pruned": "pruned"}.get(state, "failed"),
         trial={
             "study": study.study_name,
             "number": trial.number,
             "params": trial.params,
             "reported": outcome.reported,
-            "error": outcome.error,
+            "error": error,
             "traceback": outcome.traceback,
-            **{k: attrs[k] for k in ("host", "pid", "started_at", "finished_at", "seconds")},
+            **{k: attrs[k] for k in recorded if k in attrs},
         },
     )
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
 
     states = optuna.trial.TrialState
-    if outcome.state == "ok":
+    if state == "ok":
         study.tell(trial, outcome.value)
         text = f"COMPLETE {metric}={outcome.value:.4f}"
-    elif outcome.state == "pruned":
+    elif state == "pruned":
         study.tell(trial, state=states.PRUNED)
-        text = f"PRUNED ({outcome.error})"
+        text = f"PRUNED ({error})"
     else:
         study.tell(trial, state=states.FAIL)
-        text = f"FAIL ({outcome.error})"
+        text = f"FAIL ({error})"
+    # The trial's checkpoints (a pruned run keeps its last) serve no later run.
+    shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)
     return (
         f"trial {trial.number}: {text} [{_format_params(trial.params)}] ({attrs['seconds']:.0f}s)"
     )
@@ -247,8 +315,8 @@ def tune(
     dataset: str,
     *,
     trials: int,
-    workers: int = 1,
-    gpus_per_trial: float | None = None,
+    workers: int | None = None,
+    gpus_per_run: float | None = None,
     storage: str | os.PathLike | None = None,
     study_name: str | None = None,
     timeout: float | None = None,
@@ -270,12 +338,15 @@ def tune(
     progress: Progress | None = None,
     command: str | None = None,
     config_tree: ConfigTree | None = None,
+    gpus_per_trial: float | None = None,
 ) -> TuneSummary:
     """Search ``model``'s hyperparameters on ``dataset`` (objective: the validation metric).
 
-    ``trials`` is the total of finished trials the study should hold; ``workers`` > 1 or a
-    ``ray_address`` runs trials as Ray tasks, each with ``gpus_per_trial`` of a GPU (default: 1
-    where the cluster has GPUs, else 0). ``space`` overrides ``configs/search/<Model>.yaml``;
+    ``trials`` is the total of finished trials the study should hold. Trials run through
+    :mod:`bench.executor`: in this process by default, ``workers`` at a time in worker processes,
+    or as Ray tasks with ``ray_address`` (a cluster's ``HEAD:PORT``, or ``local``), each with
+    ``gpus_per_run`` of a GPU (default: 1 where the cluster has GPUs, else 0; ``gpus_per_trial``
+    is its old name). ``space`` overrides ``configs/search/<Model>.yaml``;
     ``settings`` / ``epochs`` / ``config_files`` apply to every trial and to the final runs, as in
     ``bench run``. ``enqueue`` lists parameter sets to try first (skipped if already tried).
     The best parameters go to ``<out>/tuned/<dataset>/<Model>.yaml``; ``final_seeds=()`` skips
@@ -289,8 +360,9 @@ def tune(
         raise BenchError(f"--trials must be at least 1, got {trials}")
     if timeout is not None and timeout <= 0:
         raise BenchError(f"--timeout must be positive, got {timeout}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise BenchError(f"--workers must be at least 1, got {workers}")
+    gpus_per_run = _gpus_alias(gpus_per_run, gpus_per_trial)
     out = Path(out).resolve()
     tree = config_tree or ConfigTree.default()
     model = model_spec(model).name
@@ -307,7 +379,7 @@ def tune(
         settings=settings,
         epochs=epochs,
         config_files=config_files,
-        device="cpu" if ray_address else device,
+        device="cpu" if is_cluster(ray_address) else device,
         data_dir=data_dir,
         cache_dir=cache_dir,
         searched=list(search.distributions),
@@ -327,7 +399,10 @@ def tune(
         startup_trials=pruner_startup_trials,
         warmup_epochs=pruner_warmup_epochs,
     )
-    sampler_obj = make_sampler(sampler, search, seed, workers)
+    # TPE's constant liar keeps trials that run at once apart; how many a cluster runs at once
+    # is known only once connected, so a Ray address counts as several.
+    at_once = max(workers or 1, 2 if ray_address else 1)
+    sampler_obj = make_sampler(sampler, search, seed, at_once)
 
     summary = TuneSummary(name, storages.describe(spec), metric, direction, study_dir)
     with _driver_lock(study_dir / "driver.lock", name):
@@ -347,7 +422,7 @@ def tune(
             existing = len(study.get_trials(deepcopy=False))
             if existing:
                 # A resumed study must not replay the first session's random draws.
-                study.sampler = make_sampler(sampler, search, seed + existing, workers)
+                study.sampler = make_sampler(sampler, search, seed + existing, at_once)
                 say(f"study {name!r}: resuming ({existing} trial(s) in {summary.storage})")
             for key, value in {
                 "model": model,
@@ -359,28 +434,18 @@ def tune(
                 study.set_user_attr(key, value)
             for params in enqueue:
                 study.enqueue_trial(_checked_params(search, params), skip_if_exists=True)
-            _recover(study, say)
+            _recover(study, study_dir, metric, say)
             summary.ran = _run_trials(
                 study,
                 search=search,
                 trials=trials,
                 workers=workers,
-                gpus_per_trial=gpus_per_trial,
+                gpus_per_run=gpus_per_run,
                 ray_address=ray_address,
                 timeout=timeout,
-                job_template=Job(
-                    key=None,
-                    dataset=dataset,
-                    model=model,
-                    seed=seed,
-                    settings=overrides,
-                    device=device,
-                    config_files=config_paths,
-                    data_dir=str(data_dir) if data_dir is not None else None,
-                    cache_dir=str(cache_dir),
-                    config_dir=str(tree.root),
-                    command=command,
-                ),
+                template=base.options,
+                device=device,
+                command=command,
                 spec=spec,
                 study_dir=study_dir,
                 metric=metric,
@@ -436,18 +501,21 @@ def _run_trials(
     *,
     search: SearchSpace,
     trials: int,
-    workers: int,
-    gpus_per_trial: float | None,
+    workers: int | None,
+    gpus_per_run: float | None,
     ray_address: str | None,
     timeout: float | None,
-    job_template: Job,
+    template: RunOptions,
+    device: str,
+    command: str | None,
     spec: str,
     study_dir: Path,
     metric: str,
     say: Progress,
 ) -> int:
-    """Ask, run and tell until the study holds ``trials`` finished trials. Returns how many
-    trials this call finished."""
+    """Ask, run and tell until the study holds ``trials`` finished trials. ``template``: the
+    options every trial shares (the study's settings, files, data, config tree), each trial
+    adding its parameters. Returns how many trials this call finished."""
     import optuna
 
     done = sum(_finished(t) for t in study.get_trials(deepcopy=False))
@@ -457,7 +525,7 @@ def _run_trials(
     grid = isinstance(study.sampler, optuna.samplers.GridSampler)
     started = time.monotonic()
     executor = None
-    device = job_template.device
+    run_device = device
     pending: dict[int, Any] = {}
     ran = 0
 
@@ -477,33 +545,38 @@ def _run_trials(
             while True:
                 while more():
                     if executor is None:
-                        executor = make_executor(workers, gpus_per_trial, ray_address)
-                        device = job_device(executor, job_template.device)
+                        executor = make_executor(workers, gpus_per_run, ray_address)
+                        executor.on_requeue = lambda request, why: say(
+                            f"trial {request.key}: worker lost ({why}); attempt {request.attempt}"
+                        )
+                        run_device = executor.device_for(device)
                     trial = study.ask(search.distributions)
                     trial_dir = study_dir / f"trial-{trial.number}"
-                    run_settings = {**job_template.settings, **search.settings(trial.params)}
+                    run_settings = {**template.settings, **search.settings(trial.params)}
                     write_json(
                         trial_dir / "params.json",
                         {"number": trial.number, "params": trial.params, "settings": run_settings},
                     )
-                    local = isinstance(executor, LocalExecutor)
-                    job = Job(
-                        **{
-                            **vars(job_template),
-                            "key": trial.number,
-                            "settings": run_settings,
-                            "device": device,
-                            "link": None
-                            if local
-                            else TrialLink(spec, study.study_name, trial._trial_id, study.pruner),
-                        }
+                    local = executor.in_process
+                    link = TrialLink(spec, study.study_name, trial._trial_id, study.pruner)
+                    request = RunRequest(
+                        key=trial.number,
+                        options=replace(
+                            template,
+                            settings=run_settings,
+                            device=run_device,
+                            # A retry after a lost worker continues from here, where shared.
+                            checkpoint_root=trial_dir / "checkpoints",
+                        ),
+                        command=command,
+                        link=None if local else link,
                     )
-                    executor.submit(job, trial if local else None)
+                    executor.submit(request, trial=trial if local else None)
                     pending[trial.number] = trial
                 if not pending:
                     break
-                for job, outcome in executor.wait():
-                    trial = pending.pop(job.key)
+                for request, outcome in executor.wait(timeout=1.0):
+                    trial = pending.pop(request.key)
                     trial_dir = study_dir / f"trial-{trial.number}"
                     say(_record(study, trial, outcome, trial_dir, metric))
                     done += 1
@@ -521,6 +594,15 @@ def _run_trials(
     if timeout is not None and done < trials:
         say(f"--timeout {timeout:g}s reached after {ran} trial(s); run again to continue")
     return ran
+
+
+def _gpus_alias(gpus_per_run: float | None, gpus_per_trial: float | None) -> float | None:
+    """``gpus_per_trial``, the old name, stands for ``gpus_per_run``; not both, differently."""
+    if gpus_per_trial is None:
+        return gpus_per_run
+    if gpus_per_run is not None and gpus_per_run != gpus_per_trial:
+        raise BenchError("--gpus-per-run and --gpus-per-trial (its old name) disagree")
+    return gpus_per_trial
 
 
 def _summarize(study: Any, summary: TuneSummary) -> None:
