@@ -268,16 +268,16 @@ def reproduce(
 
 @app.command()
 def models() -> None:
-    """List every registered model: name, family, source."""
+    """List every registered model: name, family, source, and the RecBole class it replaces."""
     from rich.console import Console
     from rich.table import Table
 
     from recbole_ext import registry
 
-    table = Table("name", "family", "source")
+    table = Table("name", "family", "source", "replaces")
     for spec in registry.all_models():
-        table.add_row(spec.name, spec.family, spec.source)
-    Console().print(table)
+        table.add_row(spec.name, spec.family, spec.source, spec.shadows or "")
+    Console(width=160).print(table)
 
 
 @data_app.command("import")
@@ -439,7 +439,10 @@ def dashboard(
 
 
 def main() -> None:
+    from recbole_ext import compat
+
     try:
+        compat.apply()  # on purpose, once: RecBole 1.2.1 on today's NumPy, pandas, SciPy, torch
         app()
     except BenchError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -27,7 +27,7 @@ from bench.configs import ConfigTree
 from bench.contract import PLACEMENT_KEYS, RunOptions
 from bench.datasets import check_atomic_header, locate
 from bench.errors import BenchError
-from recbole_ext import registry
+from recbole_ext import compat, registry
 from recbole_ext.data import HarnessSettings
 
 # Harness keys RecBole's Config never sees (models read train_regime: it stays).
@@ -116,6 +116,7 @@ def check_settings(settings: dict[str, Any], runs: list[PreparedRun]) -> None:
 
 def prepare(options: RunOptions) -> PreparedRun:
     """Resolve and check everything about one run that can be checked before training starts."""
+    compat.apply()  # RecBole on today's stack, before any model or dataset class is touched
     tree = options.config_tree
     spec = model_spec(options.model)
     has_config = tree.has_dataset_config(options.dataset)

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import recbole_ext  # noqa: F401  (applies the compatibility patches first)
 from bench.contract import (
     DataInfo,
     Environment,
@@ -153,6 +152,9 @@ def execute(
     from recbole.config import Config
     from recbole.utils import init_seed
 
+    from recbole_ext import compat
+
+    compat.apply()  # a worker process may reach here without the CLI or the pre-flight
     options = prepared.options
     started = _now()
     kept_folder = checkpoint_folder(prepared)

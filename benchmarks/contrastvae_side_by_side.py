@@ -124,7 +124,9 @@ def _test_matrix(trainer: Any) -> Any:
 
 
 def run_official(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import recbole_ext  # noqa: F401  (its metrics use np.float, gone in NumPy 2: the same alias fix)
+    from recbole_ext import compat
+
+    compat.apply()
 
     device = torch.device(args.device)
     data_dir = Path(args.official_data_dir or Path(args.data_dir) / args.dataset)

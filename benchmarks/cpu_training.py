@@ -628,7 +628,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from recbole.trainer.trainer import PretrainTrainer
     from recbole.utils import get_trainer, init_seed
 
-    import recbole_ext  # noqa: F401  (every compat fix first)
+    from recbole_ext import compat
+
+    compat.apply()
     from bench.contract import RunOptions
     from bench.memory import PeakMemory
     from bench.preflight import prepare

@@ -202,7 +202,9 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
     from recbole.config import Config
     from recbole.utils import init_seed
 
-    import recbole_ext  # noqa: F401  (every compat fix)
+    from recbole_ext import compat
+
+    compat.apply()
     from bench.contract import RunOptions
     from bench.preflight import prepare
     from recbole_ext.data import fold_in, load_dataset, prepare_data

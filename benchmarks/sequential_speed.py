@@ -1061,7 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    import recbole_ext  # noqa: F401  (RecBole compatibility patches before anything else)
+    from recbole_ext import compat
+
+    compat.apply()
 
     if args.render_md is not None:  # no measuring: a report's markdown from its JSON
         report = json.loads(args.render_md.read_text())

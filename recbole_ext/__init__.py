@@ -1,9 +1,6 @@
-"""RecBole extensions for recbole-bench: compatibility fixes, models, layers, metrics and glue."""
+"""RecBole extensions for recbole-bench: compatibility fixes, models, layers, metrics and glue.
 
-from recbole_ext import compat
-
-compat.apply()
-
-from recbole_ext import metrics  # noqa: E402  (registers RecallCap with RecBole's evaluator)
-
-__all__ = ["compat", "metrics"]
+Importing this package changes nothing outside it. ``recbole_ext.compat.apply()`` patches RecBole
+for today's NumPy, pandas, SciPy and PyTorch and registers this package's metrics: call it before
+building any RecBole object (the ``bench`` entry points do).
+"""

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
+from recbole_ext import compat
 from tests.helpers import write_inter
+
+compat.apply()  # the tests are an entry point: RecBole patched before any test runs
 
 
 @pytest.fixture

@@ -241,6 +241,8 @@ def test_models_command_lists_name_family_source(monkeypatch, capsys):
     code, captured = _main(monkeypatch, capsys, "models")
     assert code in (0, None)
     assert "SASRec" in captured.out and "sequential" in captured.out and "recbole" in captured.out
+    pop = next(line for line in captured.out.splitlines() if " Pop " in line)
+    assert "recbole_ext" in pop and "recbole.model.general_recommender.pop.Pop" in pop
 
 
 def test_cpu_device_is_recorded(tiny_sequences):

@@ -76,8 +76,8 @@ def test_checkpoint_is_loaded_with_weights_only(tiny_sequences):
 def test_sequential_import_leaves_anomaly_detection_off():
     # recbole's sine.py calls torch.autograd.set_detect_anomaly(True) at import.
     code = (
-        "import torch, recbole_ext, recbole.model.sequential_recommender;"
-        "print(torch.is_anomaly_enabled())"
+        "import torch; from recbole_ext import compat; compat.apply();"
+        "import recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -472,3 +472,47 @@ def test_float_fields_are_processed_as_stock_recbole_does(scenario_root, without
     _, columns = _load(scenario_root, name)
     assert columns == without_seq_lengths(name)
     assert len(set(map(str, columns["item_feat.weight"]))) > 2  # values that differ per item
+
+
+def test_importing_recbole_ext_changes_nothing_outside_it():
+    """Only compat.apply() patches: a fresh interpreter that imports the package (and its glue
+    modules) still has stock NumPy, SciPy, RecBole and torch; apply() then patches them."""
+    script = (
+        "import numpy as np, scipy.sparse as sp, torch\n"
+        "import recbole_ext, recbole_ext.data, recbole_ext.training, recbole_ext.registry\n"
+        "from recbole.config import configurator\n"
+        "from recbole.evaluator import register\n"
+        "before = dict(alias='float' in np.__dict__, dok=hasattr(sp.dok_matrix, '_update'),\n"
+        "    cmd=configurator.Config._load_cmd_line.__module__, metric='recallcap' in\n"
+        "    register.metrics_dict, anomaly=torch.is_anomaly_enabled())\n"
+        "from recbole_ext import compat\n"
+        "compat.apply()\n"
+        "after = dict(alias='float' in np.__dict__, dok=hasattr(sp.dok_matrix, '_update'),\n"
+        "    cmd=configurator.Config._load_cmd_line.__module__, metric='recallcap' in\n"
+        "    register.metrics_dict, anomaly=torch.is_anomaly_enabled())\n"
+        "print(before); print(after)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = (eval(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert before == {
+        "alias": False,
+        "dok": False,
+        "cmd": "recbole.config.configurator",
+        "metric": False,
+        "anomaly": False,
+    }
+    assert after["alias"] and after["dok"] and after["metric"]
+    assert after["cmd"] == "recbole_ext.compat" and not after["anomaly"]
+
+
+def test_apply_refuses_another_recbole(monkeypatch):
+    import recbole
+
+    from recbole_ext import compat
+
+    monkeypatch.setattr(recbole, "__version__", "1.3.0")
+    with pytest.raises(compat.IncompatibleRecBole, match="written for RecBole 1.2.1"):
+        compat.check_recbole_version()

@@ -51,7 +51,8 @@ def test_runs_through_bench_run(model, tmp_path):
     spec_names = {s.name for s in registry.all_models() if s.source == "recbole_ext"}
     assert model in spec_names, f"{model} is not registered"
     settings = {**CHEAP, **SETTINGS[model]}
-    if "train_sample_limit" in settings and model in ("MarkovChain", "TimeWeightCF", "RecentPop", "Pop"):
+    counting = ("MarkovChain", "TimeWeightCF", "RecentPop", "Pop")
+    if "train_sample_limit" in settings and model in counting:
         settings.pop("train_sample_limit")  # count-based: the statistics are the model
     summary = api.run([model], "ml-100k", out=tmp_path, settings=settings)
     result = summary.results[0]

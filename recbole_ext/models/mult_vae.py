@@ -21,7 +21,6 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import Tensor
 
-from recbole_ext import metrics  # noqa: F401  (registers RecallCap, the papers' Recall@K)
 from recbole_ext.layers.vae import (
     UserHistory,
     init_liang_,

@@ -38,7 +38,6 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import Tensor, nn
 
-from recbole_ext import metrics  # noqa: F401  (registers RecallCap, the papers' Recall@K)
 from recbole_ext.layers.gated import hidden_stack
 from recbole_ext.layers.vae import (
     LIKELIHOODS,

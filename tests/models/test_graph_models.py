@@ -15,7 +15,6 @@ from recbole.model.general_recommender.lightgcn import LightGCN as RecBoleLightG
 from recbole.model.general_recommender.ngcf import NGCF as RecBoleNGCF
 from recbole.utils import init_seed
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from bench import api
 from recbole_ext import registry
 from recbole_ext.layers.graph import (

@@ -13,7 +13,6 @@ import yaml
 from scipy.special import expit, logsumexp
 from scipy.stats import norm
 
-import recbole_ext  # noqa: F401
 from recbole_ext.layers.gated import GatedDense
 from recbole_ext.models.hvamp import HVamp
 from recbole_ext.models.hvamp_gated import HVampGated

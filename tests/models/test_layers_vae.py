@@ -11,7 +11,6 @@ import torch
 from scipy.special import expit, log_softmax, logsumexp
 from scipy.stats import norm
 
-import recbole_ext  # noqa: F401
 from recbole_ext.layers.gated import GatedDense, hidden_layer
 from recbole_ext.layers.vae import (
     UserHistory,

@@ -13,7 +13,6 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import get_trainer
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from recbole_ext.data import one_sample_per_user
 from recbole_ext.models.markov_chain import MarkovChain
 from tests.helpers import ROOT, write_inter

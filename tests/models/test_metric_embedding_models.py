@@ -12,7 +12,6 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from recbole_ext.models.fme import FME
 from recbole_ext.models.prme import PRME
 from tests.helpers import ROOT, write_inter

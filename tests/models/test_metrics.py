@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import recbole_ext  # noqa: F401
 from recbole_ext.metrics import RecallCap, register_metrics
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"

@@ -11,7 +11,6 @@ import torch
 import yaml
 from scipy.special import log_softmax
 
-import recbole_ext  # noqa: F401
 from recbole_ext.models.mult_dae import MultDAE
 from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae
 

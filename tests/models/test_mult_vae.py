@@ -13,7 +13,6 @@ from recbole.data import create_dataset
 from recbole.utils import init_seed
 from scipy.special import log_softmax
 
-import recbole_ext  # noqa: F401
 from recbole_ext.layers.vae import reparameterize
 from recbole_ext.models.mult_vae import MultVAE
 from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae, write_taste_groups

@@ -17,7 +17,6 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from bench import api, contract
 from recbole_ext.data import accepts_trimmed_batches
 from recbole_ext.layers import next_item

@@ -12,7 +12,6 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import get_trainer
 
-import recbole_ext  # noqa: F401  (compat patches before any RecBole use)
 from recbole_ext.models.time_weight_cf import TimeWeightCF, time_weights
 from tests.helpers import ROOT, write_inter
 

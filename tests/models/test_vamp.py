@@ -13,7 +13,6 @@ import yaml
 from scipy.special import expit, logsumexp
 from scipy.stats import norm
 
-import recbole_ext  # noqa: F401
 from recbole_ext.models.vamp import Vamp
 from tests.helpers import VAE_ITEMS, VAE_USERS, build_vae
 
