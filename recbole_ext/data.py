@@ -19,7 +19,9 @@ data keys:
   fixed number of sequences, so that every target weighs alike in the per-batch mean loss and an
   epoch has as many steps as with random batches. Every batch of a model that accepts it
   (:func:`accepts_trimmed_batches`) is padded only to its own longest sequence.
-- ``train_sample_limit``: keep a random subset of this many training samples (smoke runs).
+- ``train_sample_limit``: train on a random subset of the rows holding about this many training
+  targets (smoke runs): that many of RecBole's samples, or whole sequences / users' rows whose
+  targets add up to it.
 - ``eval_user_limit``: evaluate a random subset of this many users (smoke runs).
 - ``exclude_history_items``: for sequential models, rank no item the user interacted with before
   the evaluated target (RecBole does this for general models only). The history is the user's
@@ -53,7 +55,9 @@ from recbole.data.dataloader import (
     FullSortEvalDataLoader,
     KnowledgeBasedDataLoader,
     TrainDataLoader,
+    UserDataLoader,
 )
+from recbole.data.interaction import Interaction
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import KGSampler
 from recbole.utils import ModelType
@@ -194,6 +198,34 @@ def accepts_trimmed_batches(model_class: type) -> bool:
     )
 
 
+class UserSubsetBatches:
+    """RecBole's user loader (each batch ``train_batch_size`` user ids, every user of the
+    dataset) restricted to random users holding about ``limit`` training interactions: the
+    smoke runs' ``train_sample_limit`` for the autoencoders that RecBole batches by user.
+    Batches come in a fresh random order every epoch from an own ``generator``."""
+
+    def __init__(self, loader: Any, per_user: np.ndarray, limit: int, seed: int) -> None:
+        self._loader = loader
+        users = np.flatnonzero(per_user)  # users with training interactions (never padding 0)
+        order = np.random.default_rng(seed).permutation(users)
+        kept = np.cumsum(per_user[order]) <= limit
+        kept[0] = True
+        self.users = torch.as_tensor(np.sort(order[kept]))
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed))
+
+    def __iter__(self) -> Any:
+        order = self.users[torch.randperm(len(self.users), generator=self.generator)]
+        for batch in order.split(int(self._loader.step)):
+            yield Interaction({self._loader.uid_field: batch})
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // int(self._loader.step))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
 def list_fields(dataset: Any) -> list[str]:
     """A sequential dataset's per-position columns (``item_id_list`` ...), MAX_ITEM_LIST_LENGTH
     wide."""
@@ -279,10 +311,23 @@ def _random_subset(n: int, limit: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=limit, replace=False)
 
 
-def limit_samples(dataset: Any, limit: int, seed: int) -> None:
-    """Keep a random subset of ``limit`` rows."""
-    if limit and len(dataset.inter_feat) > limit:
-        _keep_rows(dataset, _random_subset(len(dataset.inter_feat), limit, seed))
+def limit_samples(dataset: Any, limit: int, seed: int, targets: np.ndarray | None = None) -> None:
+    """Keep a random subset of the rows holding about ``limit`` training targets: ``limit`` rows
+    when each row is one target (RecBole's samples), else as many random rows as fit in
+    ``limit`` of their ``targets`` (whole sequences, users' rows), at least one."""
+    n = len(dataset.inter_feat)
+    if not limit:
+        return
+    if targets is None:
+        if n > limit:
+            _keep_rows(dataset, _random_subset(n, limit, seed))
+        return
+    if int(targets.sum()) <= limit:
+        return
+    order = np.random.default_rng(seed).permutation(n)
+    kept = np.cumsum(targets[order]) <= limit
+    kept[0] = True
+    _keep_rows(dataset, order[kept])
 
 
 def limit_users(datasets: list[Any], limit: int, seed: int) -> None:
@@ -388,7 +433,7 @@ class HarnessSettings:
     train_regime: str = _setting(
         "interactions", True, "interactions (RecBole's samples) or users (whole sequences)"
     )
-    train_sample_limit: int = _setting(0, True, "train on a random subset of this many samples")
+    train_sample_limit: int = _setting(0, True, "train on random rows of about this many targets")
     eval_user_limit: int = _setting(0, True, "evaluate a random subset of this many users")
     exclude_history_items: bool = _setting(
         False, True, "sequential models rank no item the user interacted with before"
@@ -579,12 +624,16 @@ def prepare_data(
     # The regime and the sample limit choose which rows the training batches draw; the model
     # is built from, and the samplers exclude, the whole training split.
     batch_ds = train_ds.copy(train_ds.inter_feat)
+    targets = None  # training targets per row (None: one each)
     if regime == "users" and sequential:
         whole_sequence_windows(batch_ds)
+        targets = batch_ds.inter_feat[batch_ds.item_list_length_field].numpy()
     elif regime == "users":
         one_sample_per_user(batch_ds)
+        per_user = np.bincount(train_ds.inter_feat[train_ds.uid_field].numpy())
+        targets = per_user[batch_ds.inter_feat[batch_ds.uid_field].numpy()]
     seed = int(config["seed"])
-    limit_samples(batch_ds, settings.train_sample_limit, seed)
+    limit_samples(batch_ds, settings.train_sample_limit, seed, targets)
     limit_users([valid_ds, test_ds], settings.eval_user_limit, seed)
 
     # The evaluation samplers exclude the items of earlier phases: with held-out users that is
@@ -599,6 +648,12 @@ def prepare_data(
         train = get_dataloader(config, "train")(
             config, batch_ds, train_sampler, shuffle=config["shuffle"]
         )
+    if isinstance(train, UserDataLoader) and settings.train_sample_limit:
+        # RecBole's autoencoders (MultiVAE, RecVAE ...) batch every user whatever the rows.
+        per_user = np.bincount(
+            train_ds.inter_feat[train_ds.uid_field].numpy(), minlength=dataset.user_num
+        )
+        train = UserSubsetBatches(train, per_user, settings.train_sample_limit, seed)
     if sequential and isinstance(train, TrainDataLoader):
         trim = accepts_trimmed_batches(type_of_model(config))
         bucket = settings.bucket_by_length

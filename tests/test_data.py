@@ -8,6 +8,7 @@ from recbole.config import Config
 from recbole_ext.data import (
     HarnessSettings,
     LengthBucketedBatches,
+    UserSubsetBatches,
     load_dataset,
     prepare_data,
     sequential_histories,
@@ -164,6 +165,15 @@ def test_limits_subsample_training_and_evaluation(tiny_sequences):
     assert valid_users == set(test._dataset.inter_feat["user_id"].numpy())
 
 
+def test_the_sample_limit_counts_targets_under_whole_sequences(tiny_sequences):
+    config = _config(tiny_sequences, train_regime="users", train_sample_limit=60)
+    dataset, _ = load_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    targets = train._dataset.inter_feat["item_length"].numpy()
+    assert 0 < targets.sum() <= 60 < targets.sum() + targets.max()
+    assert len(targets) < 60  # whole sequences, not 60 of them
+
+
 def test_dataset_cache_is_reused_and_keyed_by_config(tiny_sequences):
     cache = tiny_sequences / "cache"
     first, cached = load_dataset(_config(tiny_sequences), cache)
@@ -186,3 +196,29 @@ def test_typed_settings_are_what_the_preparation_follows(tiny_sequences):
     assert len(train._dataset) == 30
     assert len(set(valid._dataset.inter_feat["user_id"].numpy())) == 5
     assert HarnessSettings.from_config(config).train_sample_limit == 50
+
+
+def test_the_sample_limit_reaches_recboles_user_batched_autoencoders(tiny_sequences):
+    """RecBole's UserDataLoader batches every user whatever the rows; with a limit the batches
+    hold random users whose training interactions add up to about it."""
+    config = Config(
+        model="MultiVAE",
+        dataset="tiny",
+        config_dict={
+            "data_path": str(tiny_sequences),
+            "checkpoint_dir": str(tiny_sequences / "ck"),
+            "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "mode": "full"},
+            "train_batch_size": 4,
+            "train_sample_limit": 60,
+        },
+    )
+    dataset, _ = load_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    assert isinstance(train, UserSubsetBatches)
+    epochs = [[b["user_id"].tolist() for b in train] for _ in range(2)]
+    users = sorted(u for batch in epochs[0] for u in batch)
+    assert users == sorted(train.users.tolist()) and 0 not in users
+    assert all(len(batch) <= 4 for batch in epochs[0]) and len(epochs[0]) == len(train)
+    counts = np.bincount(train._dataset.inter_feat["user_id"].numpy())
+    assert 0 < counts[users].sum() <= 60 and len(users) < 40
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
