@@ -28,7 +28,7 @@ FAST = {
     "n_layers": 1,
     "MAX_ITEM_LIST_LENGTH": 10,
     "train_batch_size": 256,
-    "train_sample_limit": 2000,
+    "train_sample_limit": 20000,  # training targets: about 2000 whole-sequence windows
     "eval_user_limit": 200,
 }
 LR_SPACE = "learning_rate: {type: float, low: 1.0e-3, high: 2.0e-2}\n"

@@ -9,8 +9,11 @@ Klenitskiy & Vasilev, RecSys 2023). Under ``train_regime: interactions`` the row
 prefixes and the loss is at the last position only.
 
 - :func:`trains_on_whole_sequences`: whether a config asks for the whole-sequence regime.
-- :func:`trim_to_longest`: drop the all-padding columns of a right-padded batch.
+- :func:`drop_padding_columns`: drop the all-padding columns of a right-padded batch.
+- :func:`sampled_negatives_setting`: the checked ``sampled_negatives`` of a config.
 - :func:`real_position_targets`: the real positions of a batch and their next items.
+- :func:`window_with_next_item`: each window followed by its next item (BERT4Rec's cloze
+  sequences, S3Rec's pre-training sequences).
 - :class:`WholeSequenceLoss`: a ``calculate_loss`` for both regimes, mixed into a subclass of a
   RecBole sequential model that provides ``position_outputs``.
 """
@@ -39,7 +42,7 @@ def trains_on_whole_sequences(config: Any) -> bool:
     return regime == WHOLE_SEQUENCE_REGIME
 
 
-def trim_to_longest(item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
+def drop_padding_columns(item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
     """The right-padded ``item_seq`` without the columns past its longest sequence."""
     return item_seq[:, : int(item_len.max())]
 
@@ -55,12 +58,42 @@ def real_position_targets(
     return mask, targets[mask]
 
 
+def sampled_negatives_setting(config: Any, loss_type: str) -> int:
+    """``sampled_negatives`` (0: the full softmax), refused when negative or without CE."""
+    negatives = int(config["sampled_negatives"] or 0)
+    if negatives < 0:
+        raise ValueError(f"sampled_negatives must be >= 0, not {negatives}")
+    if negatives and loss_type != "CE":
+        raise ValueError("sampled_negatives replaces the full softmax: it needs loss_type CE")
+    return negatives
+
+
+def window_with_next_item(
+    item_seq: torch.Tensor, item_len: torch.Tensor, pos_items: torch.Tensor, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sequence, length)``: each right-padded window followed by its next item, keeping the
+    last ``max_length`` items of a longer one; the batch is as wide as its longest sequence."""
+    item_seq = drop_padding_columns(item_seq, item_len)
+    width = item_seq.shape[1]
+    positions = torch.arange(width + 1, device=item_seq.device)
+    full = item_seq.new_zeros(item_seq.shape[0], width + 1)
+    full[:, :width] = item_seq * (positions[:width] < item_len.unsqueeze(1))
+    full.scatter_(1, item_len.unsqueeze(1), pos_items.unsqueeze(1))
+    length = item_len + 1
+    # A window of max_length items drops its first one to make room for the next item.
+    overflow = (length - max_length).clamp(min=0)
+    source = positions.unsqueeze(0) + overflow.unsqueeze(1)
+    length = length - overflow
+    full = torch.gather(full, 1, source.clamp(max=width)) * (positions < length.unsqueeze(1))
+    return full[:, : min(width + 1, max_length)], length
+
+
 class WholeSequenceLoss(ABC):
     """``calculate_loss`` in both training regimes, for a subclass of a RecBole sequential model.
 
-    Mix in before the RecBole class (``class SASRec(WholeSequenceLoss, RecBoleSASRec)``), call
-    :meth:`init_whole_sequence` at the end of ``__init__`` and implement
-    :meth:`position_outputs`. The output item table is ``self.item_embedding``.
+    Mix in before the RecBole class (``class SASRec(WholeSequenceLoss, RecBoleSASRec)``) and
+    implement :meth:`position_outputs`; the RecBole class's ``__init__`` runs first, then the
+    regime is read. The output item table is ``self.item_embedding``.
 
     - ``train_regime: users``: the network runs once over each window and the loss is the mean
       over every real position (``loss_type: CE`` full softmax; ``BPR`` one uniform negative per
@@ -70,13 +103,10 @@ class WholeSequenceLoss(ABC):
       shared by the batch instead of the full softmax, in both regimes.
     """
 
-    def init_whole_sequence(self, config: Any) -> None:
+    def __init__(self, config: Any, dataset: Any) -> None:
+        super().__init__(config, dataset)  # type: ignore[call-arg]
         self.whole_sequence = trains_on_whole_sequences(config)
-        self.sampled_negatives = int(config["sampled_negatives"] or 0)
-        if self.sampled_negatives < 0:
-            raise ValueError(f"sampled_negatives must be >= 0, not {self.sampled_negatives}")
-        if self.sampled_negatives and self.loss_type != "CE":
-            raise ValueError("sampled_negatives replaces the full softmax: it needs loss_type CE")
+        self.sampled_negatives = sampled_negatives_setting(config, self.loss_type)
 
     @abstractmethod
     def position_outputs(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
@@ -88,7 +118,7 @@ class WholeSequenceLoss(ABC):
         item_len = interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         if self.whole_sequence:
-            item_seq = trim_to_longest(item_seq, item_len)
+            item_seq = drop_padding_columns(item_seq, item_len)
             mask, targets = real_position_targets(item_seq, item_len, pos_items)
             hidden = self.position_outputs(item_seq, item_len)[mask]
         elif self.sampled_negatives:

@@ -44,33 +44,17 @@ from recbole.data.transform import MaskItemSequence
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
 from recbole_ext.layers.next_item import next_item_loss
-from recbole_ext.layers.whole_sequence import trains_on_whole_sequences, trim_to_longest
+from recbole_ext.layers.whole_sequence import (
+    sampled_negatives_setting,
+    trains_on_whole_sequences,
+    window_with_next_item,
+)
 
 logger = logging.getLogger(__name__)
 
 # Datasets already warned about a dataloader transform the whole-sequence regime ignores: the
 # model is built once per seed, the message matters once.
 _WARNED: set[str] = set()
-
-
-def window_with_next_item(
-    item_seq: torch.Tensor, item_len: torch.Tensor, pos_items: torch.Tensor, max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sequence, length)``: each right-padded window followed by its next item, keeping the
-    last ``max_length`` items of a longer one; the batch is as wide as its longest sequence."""
-    item_seq = trim_to_longest(item_seq, item_len)
-    width = item_seq.shape[1]
-    positions = torch.arange(width + 1, device=item_seq.device)
-    full = item_seq.new_zeros(item_seq.shape[0], width + 1)
-    full[:, :width] = item_seq * (positions[:width] < item_len.unsqueeze(1))
-    full.scatter_(1, item_len.unsqueeze(1), pos_items.unsqueeze(1))
-    length = item_len + 1
-    # A window of max_length items drops its first one to make room for the next item.
-    overflow = (length - max_length).clamp(min=0)
-    source = positions.unsqueeze(0) + overflow.unsqueeze(1)
-    length = length - overflow
-    full = torch.gather(full, 1, source.clamp(max=width)) * (positions < length.unsqueeze(1))
-    return full[:, : min(width + 1, max_length)], length
 
 
 class _ItemCount:
@@ -98,11 +82,7 @@ class BERT4Rec(RecBoleBERT4Rec):
         self.recbole_masking = recbole_masking
         self.whole_sequence = trains_on_whole_sequences(config)
         self.ft_ratio = float(config["ft_ratio"] or 0.0)
-        self.sampled_negatives = int(config["sampled_negatives"] or 0)
-        if self.sampled_negatives < 0:
-            raise ValueError(f"sampled_negatives must be >= 0, not {self.sampled_negatives}")
-        if self.sampled_negatives and self.loss_type != "CE":
-            raise ValueError("sampled_negatives replaces the full softmax: it needs loss_type CE")
+        self.sampled_negatives = sampled_negatives_setting(config, self.loss_type)
         if self.whole_sequence and config["transform"]:
             key = str(config["dataset"])
             if key not in _WARNED:

@@ -130,10 +130,6 @@ class NARM(WholeSequenceLoss, RecBoleNARM):
     # Elements of one chunk's [positions, width, H] attention tensor (float32: 64 MiB).
     local_attention_chunk = 1 << 24
 
-    def __init__(self, config: Any, dataset: Any) -> None:
-        super().__init__(config, dataset)
-        self.init_whole_sequence(config)
-
     def position_outputs(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         """``[B, L, E]``: NARM's representation at every real position t from the GRU states
         j <= t (zero at padding positions)."""

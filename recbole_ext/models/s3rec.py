@@ -67,11 +67,12 @@ from torch import nn
 
 from recbole_ext.layers.next_item import next_item_loss
 from recbole_ext.layers.whole_sequence import (
+    drop_padding_columns,
     real_position_targets,
+    sampled_negatives_setting,
     trains_on_whole_sequences,
-    trim_to_longest,
+    window_with_next_item,
 )
-from recbole_ext.models.bert4rec import window_with_next_item
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +108,7 @@ class S3Rec(RecBoleS3Rec):
             self.use_attributes = False
         self.last_loss_terms: dict[str, torch.Tensor] = {}
         self.whole_sequence = trains_on_whole_sequences(config)
-        self.sampled_negatives = int(config["sampled_negatives"] or 0)
-        if self.sampled_negatives < 0:
-            raise ValueError(f"sampled_negatives must be >= 0, not {self.sampled_negatives}")
-        if self.sampled_negatives and self.loss_type != "CE":
-            raise ValueError("sampled_negatives replaces the full softmax: it needs loss_type CE")
+        self.sampled_negatives = sampled_negatives_setting(config, self.loss_type)
 
     def _init_without_attributes(self, config: Any, dataset: Any) -> None:
         """RecBole's ``__init__`` minus everything that touches attributes."""
@@ -309,10 +306,10 @@ class S3Rec(RecBoleS3Rec):
                 )
             elif not self.use_attributes:
                 # Encoded at full-width positions anyway: the all-padding columns are wasted.
-                item_seq = trim_to_longest(item_seq, item_len)
+                item_seq = drop_padding_columns(item_seq, item_len)
             return self.pretrain(*self.reconstruct_pretrain_data(item_seq, item_len))
         if self.whole_sequence:
-            item_seq = trim_to_longest(item_seq, item_len)
+            item_seq = drop_padding_columns(item_seq, item_len)
             real, targets = real_position_targets(item_seq, item_len, interaction[self.POS_ITEM_ID])
             hidden = self.forward(item_seq, bidirectional=False)[real]
         elif self.sampled_negatives:

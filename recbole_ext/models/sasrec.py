@@ -23,8 +23,6 @@ position), and every parameter keeps RecBole's name, so RecBole's state dicts lo
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
@@ -35,10 +33,6 @@ class SASRec(WholeSequenceLoss, RecBoleSASRec):
     """RecBole's SASRec with a loss at every position under ``train_regime: users``."""
 
     accepts_trimmed_batches = True  # right padding, read through the length: width-independent
-
-    def __init__(self, config: Any, dataset: Any) -> None:
-        super().__init__(config, dataset)
-        self.init_whole_sequence(config)
 
     def position_outputs(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         """``[B, L, H]``: the last Transformer layer's output at every position (RecBole's

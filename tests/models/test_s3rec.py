@@ -20,8 +20,8 @@ from recbole.model.sequential_recommender.s3rec import S3Rec as RecBoleS3Rec
 from bench import api, contract
 from recbole_ext.data import accepts_trimmed_batches
 from recbole_ext.layers import next_item
+from recbole_ext.layers.whole_sequence import window_with_next_item
 from recbole_ext.models import s3rec
-from recbole_ext.models.bert4rec import window_with_next_item
 from recbole_ext.models.s3rec import S3Rec
 from tests.helpers import TINY, write_inter
 from tests.models.test_whole_sequence_bert import _longest_prefix_rows

@@ -18,8 +18,9 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBER
 from bench import api
 from recbole_ext.data import accepts_trimmed_batches
 from recbole_ext.layers import next_item
+from recbole_ext.layers.whole_sequence import window_with_next_item
 from recbole_ext.models import bert4rec
-from recbole_ext.models.bert4rec import BERT4Rec, window_with_next_item
+from recbole_ext.models.bert4rec import BERT4Rec
 from tests.helpers import TINY, make_model, sequential_setup
 
 MAX_LEN = 10  # every tiny user's training items fit: sequences hold 5-9 items
