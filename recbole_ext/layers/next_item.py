@@ -25,40 +25,66 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 LOSS_KINDS = ("ce", "bce", "bpr")
 
 
+# Rows of logits a chunk holds: about 6 MB on a CPU, so a chunk's logits stay in the caches while
+# they are turned into gradients (ml-1m's 3.4k items: 460 rows); a GPU takes far larger chunks.
+_CHUNK_BYTES = {"cpu": 6 << 20, "cuda": 1 << 30}
+
+
+def _chunk_rows(n_rows: int, n_items: int, device: torch.device) -> int:
+    budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"])
+    return max(32, min(n_rows, budget // (4 * n_items)))
+
+
 class _FullSoftmaxCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, with fewer passes over the
-    ``[N, n_items]`` logits than ``F.cross_entropy`` (no log-softmax tensor, no zero-filled
-    gradient): the backward pass turns the saved logits into ``softmax - one_hot`` in place. On a
-    2-core CPU about 20% faster for Beauty's and ml-1m's item tables; the value equals
-    ``F.cross_entropy``'s to float rounding. Differentiable once (the logits are reused)."""
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, computed with its
+    gradients in one pass over chunks of rows: each chunk's logits become ``softmax - one_hot``
+    in place and are multiplied out at once, so the ``[N, n_items]`` logits never exist whole
+    (ml-1m's batches would hold 700 MB of them) and are read from the caches rather than from
+    memory. On a 2-core CPU 1.5x (Beauty's 12k items) to 2.2x (ml-1m's 3.4k) faster than the
+    unchunked form; the value and the gradients equal ``F.cross_entropy``'s to float rounding.
+    The gradients are computed only when an input requires them; not twice differentiable."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> Any:
-        logits = hidden @ weight.T
-        log_normaliser = torch.logsumexp(logits, dim=1)
-        target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-        ctx.save_for_backward(hidden, weight, targets, logits, log_normaliser)
-        return (log_normaliser - target_logit).mean()
+        n_rows = hidden.shape[0]
+        wants_hidden, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if wants_hidden else None
+        grad_weight = torch.zeros_like(weight) if wants_weight else None
+        total = hidden.new_zeros((), dtype=torch.float64)
+        step = _chunk_rows(n_rows, weight.shape[0], hidden.device)
+        for start in range(0, n_rows, step):
+            rows = hidden[start : start + step]
+            chunk_targets = targets[start : start + step]
+            logits = rows @ weight.T
+            log_normaliser = torch.logsumexp(logits, dim=1)
+            target_logit = logits.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)
+            total += (log_normaliser - target_logit).sum(dtype=torch.float64)
+            if wants_hidden or wants_weight:
+                probs = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
+                probs[torch.arange(len(chunk_targets), device=targets.device), chunk_targets] -= 1
+                if wants_hidden:
+                    torch.mm(probs, weight, out=grad_hidden[start : start + step])
+                if wants_weight:
+                    grad_weight.addmm_(probs.T, rows)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.n_rows = n_rows
+        return (total / max(n_rows, 1)).to(hidden.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        if getattr(ctx, "consumed", False):
-            raise RuntimeError(
-                "full_softmax_cross_entropy is differentiable once (its backward "
-                "reuses the saved logits in place)"
-            )
-        ctx.consumed = True
-        hidden, weight, targets, logits, log_normaliser = ctx.saved_tensors
-        probs = logits.sub_(log_normaliser.unsqueeze(1)).exp_()
-        probs[torch.arange(len(targets), device=targets.device), targets] -= 1
-        probs.mul_(grad / len(targets))
-        grad_hidden = probs @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = probs.T @ hidden if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad / max(ctx.n_rows, 1)
+        return (
+            grad_hidden * scale if grad_hidden is not None else None,
+            grad_weight * scale if grad_weight is not None else None,
+            None,
+        )
 
 
 def full_softmax_cross_entropy(

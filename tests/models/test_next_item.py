@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recbole_ext.layers import next_item
 from recbole_ext.layers.next_item import full_softmax_cross_entropy, next_item_loss
 
 
@@ -17,8 +18,11 @@ def _inputs(n: int = 37, items: int = 53, width: int = 8):
     return hidden, weight, targets
 
 
-def test_full_softmax_cross_entropy_equals_torchs_in_value_and_gradients():
-    hidden, weight, targets = _inputs()
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # one chunk; chunks of the 32-row minimum
+def test_full_softmax_cross_entropy_equals_torchs_in_value_and_gradients(chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setitem(next_item._CHUNK_BYTES, "cpu", chunk_bytes)
+    hidden, weight, targets = _inputs(n=101)
     expected = F.cross_entropy(hidden @ weight.T, targets)
     expected.backward(torch.tensor(0.7, dtype=torch.float64))
     want = hidden.grad.clone(), weight.grad.clone()
@@ -30,12 +34,20 @@ def test_full_softmax_cross_entropy_equals_torchs_in_value_and_gradients():
     assert torch.allclose(weight.grad, want[1], atol=1e-12)
 
 
-def test_full_softmax_cross_entropy_refuses_a_second_backward():
+def test_full_softmax_cross_entropy_gives_only_the_gradients_asked_and_can_be_retained():
     hidden, weight, targets = _inputs(n=5, items=7, width=3)
-    loss = full_softmax_cross_entropy(hidden, weight, targets)
+    frozen = weight.detach()
+    loss = full_softmax_cross_entropy(hidden, frozen, targets)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="differentiable once"):
-        loss.backward()
+    once = hidden.grad.clone()
+    loss.backward()  # the saved gradients are not consumed
+    assert torch.allclose(hidden.grad, 2 * once, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(
+            full_softmax_cross_entropy(hidden, weight, targets),
+            F.cross_entropy(hidden @ weight.T, targets),
+            atol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("kind", ["ce", "bce", "bpr"])
