@@ -37,7 +37,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -291,22 +290,11 @@ def failed_outcome(
 ) -> RunOutcome:
     """The outcome of a run that came back without one of its own: ``kind`` ``WorkerLost``
     (every attempt lost its worker) or the error Ray raised."""
-    from bench.contract import RunError, RunResult
+    from bench.contract import RunError
+    from bench.runner import failed_result
 
-    options = request.options
     now = time.time()
-    result = RunResult(
-        status="failed",
-        dataset=options.dataset,
-        model=options.label,
-        model_class=options.model,
-        seed=options.seed,
-        quick=options.quick,
-        stop_reason="failed",
-        error=RunError(type=kind, message=message),
-        command=request.command,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    result = failed_result(request.options, RunError(type=kind, message=message), request.command)
     return RunOutcome(
         error=f"{kind}: {message.splitlines()[0] if message else ''}",
         result=result,

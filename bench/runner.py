@@ -323,7 +323,15 @@ def execute(
     )
 
 
-def failed_result(options: RunOptions, exc: BaseException, command: str | None) -> RunResult:
+def failed_result(
+    options: RunOptions, error: BaseException | RunError, command: str | None
+) -> RunResult:
+    """The record of a run that ended in ``error``: an exception raised here (with its
+    traceback) or a :class:`RunError` from elsewhere (a lost worker, Ray)."""
+    if isinstance(error, BaseException):
+        error = RunError(
+            type=type(error).__name__, message=str(error), traceback=traceback.format_exc()
+        )
     return RunResult(
         status="failed",
         dataset=options.dataset,
@@ -332,7 +340,7 @@ def failed_result(options: RunOptions, exc: BaseException, command: str | None) 
         seed=options.seed,
         quick=options.quick,
         stop_reason="failed",
-        error=RunError(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()),
+        error=error,
         command=command,
         finished_at=_now(),
     )

@@ -380,3 +380,29 @@ def test_cpu_training_quick_smoke_run(tmp_path):
     assert rows["before"]["train"]["projected"]  # a per-prefix epoch: 380 batches
     assert rows["after"]["speedup_epoch"] > 0 and rows["after"]["ratio_to_bound"] > 0
     assert report["settings"]["quick"] and "--quick" in report["command"]
+
+
+def test_time_to_convergence_runs_to_the_stopping_rule_and_reports(tiny_sequences, tmp_path):
+    """Two tiny SASRec runs trained until early stopping (patience 1) on the tiny data: each
+    row says how it ended, its epochs and its test metric against the reference given."""
+    path = ROOT / "benchmarks" / "time_to_convergence.py"
+    spec = importlib.util.spec_from_file_location("time_to_convergence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sets = [f"{k}={v}" for k, v in {**TINY, "stopping_step": 1, "epochs": 30}.items()]
+    code = module.main(
+        ["--dataset", "tiny", "--models", "SASRec", "--seeds", "0,1",
+         "--data-dir", str(tiny_sequences), "--reference", "SASRec=0.5",
+         "--out", str(tmp_path / "perf"), *[a for s in sets for a in ("--set", s)]]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "perf" / "time_to_convergence_tiny.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    for row in report["runs"]:
+        assert row["stop_reason"] in ("early_stopping", "epoch_limit")
+        assert 1 <= row["best_epoch"] + 1 <= row["epochs"] <= 30
+        assert row["ratio_to_reference"] == pytest.approx(row["test"]["ndcg@10"] / 0.5)
+    text = (tmp_path / "perf" / "time_to_convergence_tiny.md").read_text()
+    assert "| SASRec | 1 |" in text and "--reference SASRec=0.5" in text
+    with pytest.raises(SystemExit, match="key=value"):
+        module.main(["--dataset", "tiny", "--models", "SASRec", "--set", "epochs"])

@@ -9,6 +9,8 @@
 - :func:`transpose_positions` and :func:`drop_edges`: RecBole's ``SparseDropout`` (node dropout)
   on such a matrix, with the dropped matrix's transpose for the backward pass.
 - :func:`csr_identity`: a sparse identity matrix in CSR form.
+- :class:`CsrAdjacency`: ``get_norm_adj_mat`` returning that matrix, mixed into a subclass of a
+  RecBole graph model.
 """
 
 from __future__ import annotations
@@ -147,3 +149,25 @@ def drop_edges(matrix: Tensor, positions: Tensor, drop_prob: float) -> tuple[Ten
         _csr_tensor(crow, col, dropped, size),
         _csr_tensor(crow, col, dropped.index_select(0, positions), size),
     )
+
+
+class CsrAdjacency:
+    """Mix in before a RecBole graph model (``class LightGCN(CsrAdjacency, RecBoleLightGCN)``):
+    the model's ``get_norm_adj_mat``, which RecBole's ``__init__`` calls, returns
+    :func:`normalized_adjacency` of ``interaction_matrix`` on the model's device."""
+
+    interaction_matrix: Any
+    n_users: int
+    n_items: int
+    device: Any
+
+    def get_norm_adj_mat(self) -> Tensor:
+        """``D^-1/2 A D^-1/2`` of the training interactions as a float32 CSR tensor on the
+        model's device (RecBole's method returns a COO tensor on the CPU)."""
+        return normalized_adjacency(
+            self.interaction_matrix.row,
+            self.interaction_matrix.col,
+            self.n_users,
+            self.n_items,
+            device=self.device,
+        )

@@ -100,7 +100,12 @@ class WholeSequenceLoss(ABC):
       position, drawn here since RecBole's sampler only serves the window's last target).
     - ``train_regime: interactions``: RecBole's own ``calculate_loss``.
     - ``sampled_negatives: n > 0`` (CE only): a sampled softmax against ``n`` uniform negatives
-      shared by the batch instead of the full softmax, in both regimes.
+      shared by the batch instead of the full softmax, in both regimes (Klenitskiy & Vasilev's
+      cheap variant).
+
+    ``loss_type: CE`` scores every item row, the padding row included, as RecBole does. The
+    RecBole class's ``forward``, ``predict`` and ``full_sort_predict`` (the output at the last
+    real position) are kept, and so are its parameters' names: RecBole's state dicts load.
     """
 
     def __init__(self, config: Any, dataset: Any) -> None:

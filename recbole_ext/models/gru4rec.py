@@ -9,16 +9,11 @@ Training regime (``train_regime``, harness key):
   runs once over it (causal by construction: its state at t has seen items <= t) and the loss is
   taken at every real position against that position's next item, as the original GRU4Rec trains
   on every event of a session (and as "SASRec+", Klenitskiy & Vasilev, RecSys 2023).
-- ``interactions``: RecBole's regime, every prefix a sample with the loss at its last position;
-  the loss is then RecBole's own.
+- ``interactions``: RecBole's per-prefix regime.
 
-Loss: ``loss_type: CE`` (default), softmax cross-entropy over all items (the padding row
-included, as RecBole); ``sampled_negatives: n > 0`` a sampled softmax against ``n`` uniform
-negatives shared by the batch, in both regimes; ``loss_type: BPR`` one negative per position (in
-``users``, drawn uniformly by the model).
-
-``forward``, ``predict`` and ``full_sort_predict`` are RecBole's (the output at the last real
-position), and every parameter keeps RecBole's name, so RecBole's state dicts load.
+The loss in each regime, and what stays RecBole's (``forward``, ``predict``,
+``full_sort_predict``, the parameters' names): :class:`~recbole_ext.layers.whole_sequence.
+WholeSequenceLoss`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Same parameters, state_dict keys, defaults, initialisation and maths as RecBole'
 against RecBole's). What differs:
 
 - the normalised adjacency is a torch CSR tensor built once from the interaction arrays with
-  NumPy (:func:`recbole_ext.layers.graph.normalized_adjacency`), where RecBole fills a SciPy
+  NumPy (:func:`recbole_ext.layers.graph.CsrAdjacency`), where RecBole fills a SciPy
   ``dok_matrix`` from a Python dict and propagates a deprecated COO ``torch.sparse.FloatTensor``;
 - every layer is a CSR sparse-dense product (MKL on CPU, cuSPARSE on CUDA) whose backward pass
   multiplies by the same matrix (it is symmetric), where ``torch.sparse.mm`` on COO transposes
@@ -29,27 +29,16 @@ from __future__ import annotations
 import torch
 from recbole.model.general_recommender.lightgcn import LightGCN as RecBoleLightGCN
 
-from recbole_ext.layers.graph import csr_matmul, normalized_adjacency
+from recbole_ext.layers.graph import CsrAdjacency, csr_matmul
 
 
-class LightGCN(RecBoleLightGCN):
+class LightGCN(CsrAdjacency, RecBoleLightGCN):
     """RecBole's LightGCN, propagated with CSR sparse-dense products (module docstring).
 
     RecBole's ``__init__`` reads the config, builds the embeddings and calls
-    :meth:`get_norm_adj_mat` (overridden here); its random initialisation is untouched, so a seed
-    gives the same weights as RecBole's class.
+    :meth:`get_norm_adj_mat` (:class:`CsrAdjacency`'s); its random initialisation is untouched,
+    so a seed gives the same weights as RecBole's class.
     """
-
-    def get_norm_adj_mat(self) -> torch.Tensor:
-        """``D^-1/2 A D^-1/2`` of the training interactions as a float32 CSR tensor on the
-        model's device (RecBole's method returns a COO tensor on the CPU)."""
-        return normalized_adjacency(
-            self.interaction_matrix.row,
-            self.interaction_matrix.col,
-            self.n_users,
-            self.n_items,
-            device=self.device,
-        )
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         all_embeddings = self.get_ego_embeddings()

@@ -16,16 +16,11 @@ Training regime (``train_regime``, harness key):
   in chunks of positions (sorted by t, each chunk only as wide as its largest t) of at most
   ``local_attention_chunk`` elements, and its hand-written backward recomputes each chunk instead
   of keeping it, so memory stays bounded on long windows in training too.
-- ``interactions``: RecBole's regime, every prefix a sample with the loss at its last position;
-  the loss is then RecBole's own.
+- ``interactions``: RecBole's per-prefix regime.
 
-Loss: ``loss_type: CE`` (default), softmax cross-entropy over all items (the padding row
-included, as RecBole); ``sampled_negatives: n > 0`` a sampled softmax against ``n`` uniform
-negatives shared by the batch, in both regimes; ``loss_type: BPR`` one negative per position (in
-``users``, drawn uniformly by the model).
-
-``forward``, ``predict`` and ``full_sort_predict`` are RecBole's (the output at the last real
-position), and every parameter keeps RecBole's name, so RecBole's state dicts load.
+The loss in each regime, and what stays RecBole's (``forward``, ``predict``,
+``full_sort_predict``, the parameters' names): :class:`~recbole_ext.layers.whole_sequence.
+WholeSequenceLoss`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ class is a subclass; a test checks embeddings, loss, gradients and full-ranking 
 RecBole's, node dropout included). What differs:
 
 - L is a torch CSR tensor built once from the interaction arrays with NumPy
-  (:func:`recbole_ext.layers.graph.normalized_adjacency`), where RecBole fills a SciPy
+  (:func:`recbole_ext.layers.graph.CsrAdjacency`), where RecBole fills a SciPy
   ``dok_matrix`` from a Python dict and propagates a deprecated COO ``torch.sparse.FloatTensor``;
 - every layer computes ``L E`` once, a CSR sparse-dense product (MKL on CPU, cuSPARSE on CUDA),
   and uses it for both terms (``(L + I) E`` is ``E + L E``: no identity product); the backward
@@ -36,38 +36,28 @@ import torch.nn.functional as F
 from recbole.model.general_recommender.ngcf import NGCF as RecBoleNGCF
 
 from recbole_ext.layers.graph import (
+    CsrAdjacency,
     csr_identity,
     csr_matmul,
     drop_edges,
-    normalized_adjacency,
     transpose_positions,
 )
 
 LEAKY_RELU_SLOPE = 0.2  # RecBole's and the paper's
 
 
-class NGCF(RecBoleNGCF):
+class NGCF(CsrAdjacency, RecBoleNGCF):
     """RecBole's NGCF, propagated with CSR sparse-dense products (module docstring).
 
     RecBole's ``__init__`` reads the config, builds the layers and calls
-    :meth:`get_norm_adj_mat` and :meth:`get_eye_mat` (overridden here); its random
-    initialisation is untouched, so a seed gives the same weights as RecBole's class.
+    :meth:`get_norm_adj_mat` (:class:`CsrAdjacency`'s) and :meth:`get_eye_mat` (overridden
+    here); its random initialisation is untouched, so a seed gives the same weights as RecBole's
+    class.
     """
 
     # Where each stored entry of the transposed adjacency sits in its values (node dropout only;
     # computed on first use, then kept: the graph never changes).
     _transpose_positions: torch.Tensor | None = None
-
-    def get_norm_adj_mat(self) -> torch.Tensor:
-        """``D^-1/2 A D^-1/2`` of the training interactions as a float32 CSR tensor on the
-        model's device (RecBole's method returns a COO tensor on the CPU)."""
-        return normalized_adjacency(
-            self.interaction_matrix.row,
-            self.interaction_matrix.col,
-            self.n_users,
-            self.n_items,
-            device=self.device,
-        )
 
     def get_eye_mat(self) -> torch.Tensor:
         """The identity over users and items as a CSR tensor (kept for code that reads

@@ -9,16 +9,11 @@ Training regime (``train_regime``, harness key):
   This is "SASRec+" of Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really
   better than SASRec?", RecSys 2023: the targets of RecBole's per-prefix samples at one forward
   pass per window.
-- ``interactions``: RecBole's regime, every prefix a sample with the loss at its last position;
-  the loss is then RecBole's own.
+- ``interactions``: RecBole's per-prefix regime.
 
-Loss: ``loss_type: CE`` (default), softmax cross-entropy over all items (the padding row
-included, as RecBole); ``sampled_negatives: n > 0`` a sampled softmax against ``n`` uniform
-negatives shared by the batch (Klenitskiy & Vasilev's cheap variant), in both regimes;
-``loss_type: BPR`` one negative per position (in ``users``, drawn uniformly by the model).
-
-``forward``, ``predict`` and ``full_sort_predict`` are RecBole's (the output at the last real
-position), and every parameter keeps RecBole's name, so RecBole's state dicts load.
+The loss in each regime, and what stays RecBole's (``forward``, ``predict``,
+``full_sort_predict``, the parameters' names): :class:`~recbole_ext.layers.whole_sequence.
+WholeSequenceLoss`.
 """
 
 from __future__ import annotations
