@@ -33,6 +33,9 @@ from torch import nn
 from recbole_ext.layers.transformer import FeedForward
 
 FILTER_MIXERS = ("G", "L", "M")
+# Position-wise layers run on the packed real positions when fewer than this share of the batch's
+# positions are real (measured break-even about 0.97 on a 2-core Xeon: 1.8x faster at 0.5).
+PACK_BELOW = 0.9
 SLIDE_MODES = ("one", "two", "three", "four")
 
 
@@ -170,7 +173,8 @@ class FilterMixerEncoder(nn.Module):
     ``forward(x, valid)`` zeroes the padded positions (``valid`` is ``[B, L, 1]``, 1 on real
     items) before every filter, so padding never reaches a real position, whatever its content
     (the official code filters the padding's position embeddings too), and computes the
-    position-wise layers at the real positions only; the output is zero at the padded ones.
+    position-wise layers at the real positions only when most are padding (``PACK_BELOW``); the
+    output is zero at the padded positions.
     """
 
     def __init__(
@@ -204,15 +208,15 @@ class FilterMixerEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if valid is None:
+        rows, cols = (None, None) if valid is None else valid.squeeze(-1).nonzero(as_tuple=True)
+        if rows is None or len(rows) > PACK_BELOW * valid.numel():
             for layer in self.layers:
-                x = layer(x)
-            return x
+                x = layer(x if valid is None else x * valid)
+            return x if valid is None else x * valid
         # Only the filter mixes positions: it runs on the zero-padded [B, W, H] tensor, and
         # everything position-wise (dropout, residual, LayerNorms, feed-forward) on the real
         # positions alone, packed [N, H] (on Beauty about 1 position in 6 is real). The output
         # is zero at the padded positions.
-        rows, cols = valid.squeeze(-1).nonzero(as_tuple=True)
         packed = x[rows, cols]
         for layer in self.layers:
             padded = x.new_zeros(x.shape).index_put((rows, cols), packed)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_ext.layers import filter_mixer
 from recbole_ext.layers.contrastive import augment_sequences, info_nce, next_item_targets
 from recbole_ext.layers.filter_mixer import FilterMixerEncoder, FilterMixerLayer, frequency_windows
 from recbole_ext.layers.latent import (
@@ -231,3 +232,28 @@ def test_filter_mixer_on_a_trimmed_batch_equals_the_full_width_one(causal):
     trimmed = encoder(full[:, :width] * valid[:, :width], valid[:, :width])
     real = valid[:, :width].bool().squeeze(-1)
     assert torch.allclose(trimmed[real], expected[:, :width][real], atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_filter_mixer_packed_real_positions_equal_the_padded_computation(causal, monkeypatch):
+    """The position-wise layers on the packed real positions (mostly padding) give the values
+    and gradients of the computation over every padded position (``PACK_BELOW``)."""
+    torch.manual_seed(0)
+    encoder = FilterMixerEncoder(2, 6, 12, 8, 0.0, 0.0, "M", 0.5, causal=causal).double()
+    lengths = torch.tensor([3, 1, 12, 5])
+    valid = (torch.arange(12) < lengths.unsqueeze(1)).unsqueeze(-1).double()
+    x = torch.randn(4, 12, 6, dtype=torch.float64, requires_grad=True)
+    results = []
+    for pack_below in (1.01, 0.0):  # packed, then padded
+        monkeypatch.setattr(filter_mixer, "PACK_BELOW", pack_below)
+        encoder.zero_grad()
+        x.grad = None
+        out = encoder(x, valid)
+        (out * valid * torch.linspace(-1, 1, 6, dtype=torch.float64)).sum().backward()
+        grads = [p.grad.clone() for p in encoder.parameters()]
+        results.append((out * valid, x.grad.clone(), grads))
+    (packed, packed_x, packed_params), (padded, padded_x, padded_params) = results
+    torch.testing.assert_close(packed, padded)
+    torch.testing.assert_close(packed_x, padded_x)
+    for a, b in zip(packed_params, padded_params, strict=True):
+        torch.testing.assert_close(a, b)
