@@ -894,9 +894,43 @@ def run(
         "rows": rows,
         "jobs": results,
     }
+    if args.update:
+        report = merge_update(Path(args.out) / f"{STEM}.json", report)
     write_report(args.out, STEM, report, markdown(report))
     log(f"wrote {Path(args.out) / STEM}.json and .md")
     return report
+
+
+def merge_update(path: Path, update: dict[str, Any]) -> dict[str, Any]:
+    """The report at ``path`` with the (dataset, model) pairs measured in ``update`` replaced by
+    its rows (each marked with the update's number), its other rows kept; the update's command,
+    commit, machine and mm rate are listed under ``updates``. Without a report, ``update``."""
+    if not path.is_file():
+        return update
+    base = json.loads(path.read_text())
+    pairs = {(r["dataset"], r["model"]) for r in update["rows"]}
+    number = len(base.get("updates", [])) + 1
+    new_rows = [{**r, "update": number} for r in update["rows"]]
+    rows: list[dict[str, Any]] = []
+    placed: set[tuple[str, str]] = set()  # a pair's new rows go where its old ones were
+    for row in base["rows"]:
+        key = (row["dataset"], row["model"])
+        if key not in pairs:
+            rows.append(row)
+        elif key not in placed:
+            rows.extend(r for r in new_rows if (r["dataset"], r["model"]) == key)
+            placed.add(key)
+    rows.extend(r for r in new_rows if (r["dataset"], r["model"]) not in placed)
+    jobs = [j for j in base["jobs"] if (j["dataset"], j["model"]) not in pairs]
+    summary = {k: update[k] for k in ("command", "finished_at", "git_commit", "machine")}
+    summary["pairs"] = sorted(f"{d}:{m}" for d, m in pairs)
+    summary["median_gflops"] = update["matmul"]["median_gflops"]
+    return {
+        **base,
+        "rows": rows,
+        "jobs": jobs + [{**j, "update": number} for j in update["jobs"]],
+        "updates": [*base.get("updates", []), summary],
+    }
 
 
 def _summary(row: dict[str, Any]) -> str:
@@ -920,7 +954,7 @@ def _times(value: float | None) -> str:
 
 
 def _table_row(row: dict[str, Any]) -> list[str]:
-    label = _stage_label(row)
+    label = _stage_label(row) + (f" (update {row['update']})" if row.get("update") else "")
     if row["status"] != "ok":
         error = f"{row['status']}: {row.get('error') or ''}"
         return [label, row["variant"], "", "", "", "", "", "", error]
@@ -971,6 +1005,15 @@ def markdown(report: dict[str, Any]) -> str:
         "mm rate. **speed-up**: before / after, epoch / validation.",
         "",
     ]
+    for number, update in enumerate(report.get("updates", []), 1):
+        lines += [
+            f"**Update {number}**: the rows marked (update {number}) ("
+            f"{', '.join(update['pairs'])}) were measured again, before and after in one run, "
+            f"on {update['machine'].get('date', '')} at git {update['git_commit']} (mm rate "
+            f"{fmt(update['median_gflops'], 1)} GFLOP/s, their x bound uses it): "
+            f"`{update['command']}`.",
+            "",
+        ]
     headers = [
         "model", "variant", "batches", "s / epoch", "s / validation", "peak MiB",
         "GFLOP bound", "x bound", "speed-up",
@@ -1038,6 +1081,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run on ml-100k")
     p.add_argument("--cache-dir", default=str(REPO / "results" / "cache" / "datasets"))
     p.add_argument("--out", default=str(REPO / "results" / "perf"))
+    p.add_argument(
+        "--update", action="store_true",
+        help="replace the measured (dataset, model) rows of the report at --out, keep the rest",
+    )  # fmt: skip
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for key, default in DEFAULTS.items():

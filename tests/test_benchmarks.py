@@ -351,6 +351,35 @@ def test_cpu_training_report_speedups_ratios_and_failures(cpu_training, tmp_path
     assert "**LightGCN**: per batch" in text and "3 job(s) did not finish" in text
 
 
+def test_cpu_training_update_replaces_the_pairs_measured_again(cpu_training, tmp_path):
+    def spawn_at(epoch_after):
+        def fake_spawn(job, time_limit):
+            if job["kind"] == "matmul":
+                return {"status": "ok", "gflops": [20.0], "size": 64, "machine": {"date": "d"}}
+            epoch = 40.0 if job["variant"] == "before" else epoch_after
+            return {"status": "ok", "notes": [], "phases": [_phase(epoch, 2.0, False, 2e11)]}
+
+        return fake_spawn
+
+    common = ["--datasets", "ml-1m", "--out", str(tmp_path), "--threads", "2"]
+    first = cpu_training.parse_args([*common, "--models", "SASRec,GRU4Rec"])
+    cpu_training.run(first, "first", spawn_at(4.0))
+    again = cpu_training.parse_args([*common, "--models", "GRU4Rec,NARM", "--update"])
+    report = cpu_training.run(again, "again", spawn_at(2.0))
+    order = [(r["model"], r["variant"], r.get("update")) for r in report["rows"]]
+    assert order == [
+        ("SASRec", "before", None), ("SASRec", "after", None),
+        ("GRU4Rec", "before", 1), ("GRU4Rec", "after", 1),
+        ("NARM", "before", 1), ("NARM", "after", 1),
+    ]  # fmt: skip
+    assert report["rows"][3]["speedup_epoch"] == 20.0 and report["command"] == "first"
+    assert report["updates"][0]["command"] == "again"
+    assert report["updates"][0]["pairs"] == ["ml-1m:GRU4Rec", "ml-1m:NARM"]
+    assert sorted((j["model"], j.get("update")) for j in report["jobs"])[0] == ("GRU4Rec", 1)
+    text = (tmp_path / "cpu_training.md").read_text()
+    assert "| GRU4Rec (update 1) | after |" in text and "**Update 1**" in text
+
+
 def test_cpu_training_worker_records_a_crash_and_the_parent_a_hang(cpu_training, tmp_path):
     job_file = tmp_path / "job.json"
     result = tmp_path / "result.json"
