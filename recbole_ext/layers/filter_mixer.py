@@ -21,8 +21,8 @@ Two ways to apply the filter:
   last real position (no real item lies in its future).
 - ``causal=True`` (the hybrid, which reconstructs every position): the same learned kernel
   ``h = irfft(W)`` applied as a causal linear convolution ``y[t] = sum_{s <= t} h[t - s] x[s]``
-  (zero-padded FFT of length 2L), i.e. the circular filter with its wrap-around terms, the ones
-  that carry future positions into the past, removed.
+  (zero-padded FFT of length 2W for a batch W wide), i.e. the circular filter with its
+  wrap-around terms, the ones that carry future positions into the past, removed.
 """
 
 from __future__ import annotations
@@ -135,9 +135,11 @@ class FilterMixerLayer(nn.Module):
             freq = torch.fft.rfft(x, n=length, dim=1, norm="ortho")  # n= zero-pads to max_len
             return torch.fft.irfft(freq * spectrum, n=length, dim=1, norm="ortho")[:, :width]
         # The circular filter irfft_o(W * rfft_o(x)) is the circular convolution with
-        # h = irfft(W) (backward norm); convolving with zero padding to 2L drops the wrap-around.
-        kernel = torch.fft.irfft(spectrum, n=length, dim=1)
-        n_fft = 2 * length
+        # h = irfft(W) (backward norm); convolving with zero padding drops the wrap-around. The
+        # first `width` outputs read only the taps h[0 .. width-1] and the inputs before them,
+        # so a batch of width W < L needs FFTs of 2W, not 2L (the same values).
+        kernel = torch.fft.irfft(spectrum, n=length, dim=1)[:, :width]
+        n_fft = 2 * width
         freq = torch.fft.rfft(x, n=n_fft, dim=1) * torch.fft.rfft(kernel, n=n_fft, dim=1)
         return torch.fft.irfft(freq, n=n_fft, dim=1)[:, :width]
 

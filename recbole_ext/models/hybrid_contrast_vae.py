@@ -41,6 +41,12 @@ scores at evaluation: ``1`` (the Transformer branch's mean, as ContrastVAE), ``2
 contrastive term (there is no second view), scores with it, and builds no parameters for the
 other; ``both`` (default) is the hybrid.
 Train with ``train_regime: users`` (the whole sequence, a loss at every position).
+
+Padding: batches may arrive padded only to their own longest sequence
+(``accepts_trimmed_batches``). The latents are drawn at the real positions only (the padded
+ones get zero, which the causal decoder never carries back to a real position) and the
+augmentations draw for ``MAX_ITEM_LIST_LENGTH`` columns, so a seed gives the same terms whatever
+the batch's width, up to the dropout masks.
 """
 
 from __future__ import annotations
@@ -69,7 +75,6 @@ from recbole_ext.layers.latent import (
     gaussian_kl,
     gaussian_sample,
     kl_weight,
-    masked_mean,
     reconstruction_loss,
 )
 from recbole_ext.layers.transformer import CausalTransformerEncoder, init_weights
@@ -82,6 +87,7 @@ class HybridContrastVAE(SequentialRecommender):
     """Transformer branch + filter-mixer branch, one decoder; see the module docstring."""
 
     input_type = InputType.POINTWISE
+    accepts_trimmed_batches = True  # right padding; draws made per real position (docstring)
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -183,14 +189,21 @@ class HybridContrastVAE(SequentialRecommender):
         valid = (positions < item_len.unsqueeze(1)).unsqueeze(-1).to(emb.dtype)
         return [enc(emb, valid) for enc in self.encoder2]
 
-    def _sample(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decoder input, per-position KL)."""
+    def _sample(
+        self, params: list[torch.Tensor], valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder input ``[B, L, H]``, zero at the padded positions; the KL of each real
+        position ``[N]``), drawn at the real positions (``valid`` ``[B, L]``) only."""
+        real = [p[valid] for p in params]
         if self.latent == "gaussian":
-            mu, logvar = params
-            return gaussian_sample(mu, logvar), gaussian_kl(mu, logvar)
-        alpha = dirichlet_concentration(params[0])
-        z = dirichlet_sample(alpha) * self.hidden_size
-        return z, dirichlet_kl(alpha, self.dirichlet_prior)
+            mu, logvar = real
+            z, kl = gaussian_sample(mu, logvar), gaussian_kl(mu, logvar)
+        else:
+            alpha = dirichlet_concentration(real[0])
+            z = dirichlet_sample(alpha) * self.hidden_size
+            kl = dirichlet_kl(alpha, self.dirichlet_prior)
+        rows, cols = valid.nonzero(as_tuple=True)
+        return params[0].new_zeros(params[0].shape).index_put((rows, cols), z), kl
 
     def _mean(self, params: list[torch.Tensor]) -> torch.Tensor:
         if self.latent == "gaussian":
@@ -241,6 +254,7 @@ class HybridContrastVAE(SequentialRecommender):
             self.crop_eta,
             self.mask_gamma,
             self.reorder_beta,
+            width=self.max_seq_length,
         )
         return out.items, out.lengths, out.targets
 
@@ -256,10 +270,10 @@ class HybridContrastVAE(SequentialRecommender):
         zs, kls, recs, users = [], [], [], []
         views = [self._branch_input(b, item_seq, item_len, pos_items) for b in self.active_branches]
         for branch, (seq, lens, _) in zip(self.active_branches, views, strict=True):
-            z, kl = self._sample(self.encode(branch, seq, lens))
             valid = positions < lens.unsqueeze(1)
+            z, kl = self._sample(self.encode(branch, seq, lens), valid)
             zs.append(z)
-            kls.append(masked_mean(kl, valid))
+            kls.append(kl.mean() if kl.numel() else kl.sum())
             users.append(self.contrast_view(z, valid))
         # One decoder call for all branches.
         outputs = self.decoder(torch.cat(zs)).chunk(len(zs))

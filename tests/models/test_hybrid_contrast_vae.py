@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recbole.data.interaction import Interaction
 
 from recbole_ext.layers.contrastive import info_nce
 from recbole_ext.models.hybrid_contrast_vae import HybridContrastVAE
@@ -63,7 +64,8 @@ def test_dirichlet_kl_matches_closed_form(setup):
     model = make(setup, latent="dirichlet", dirichlet_prior=0.7)
     batch = setup[3]
     params = model.encode(1, batch["item_id_list"], batch["item_length"])
-    _, kl = model._sample(params)
+    valid = torch.arange(params[0].shape[1]) < batch["item_length"].unsqueeze(1)
+    _, kl = model._sample(params, valid)
     alpha = torch.nn.functional.softplus(params[0]) + 1e-2
     a0 = alpha.sum(-1)
     k = alpha.shape[-1]
@@ -75,7 +77,7 @@ def test_dirichlet_kl_matches_closed_form(setup):
         + k * lg(torch.tensor(0.7))
         + ((alpha - 0.7) * (dg(alpha) - dg(a0).unsqueeze(-1))).sum(-1)
     )
-    torch.testing.assert_close(kl, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kl, expected[valid], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("branch", [1, 2])
@@ -158,7 +160,7 @@ def _sampled_views(model, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
     seq, lens = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
     valid = torch.arange(seq.shape[1]) < lens.unsqueeze(1)
     with torch.no_grad():
-        zs = [model._sample(model.encode(branch, seq, lens))[0] for branch in (1, 2)]
+        zs = [model._sample(model.encode(branch, seq, lens), valid)[0] for branch in (1, 2)]
     return zs, valid
 
 
@@ -192,9 +194,12 @@ def test_dirichlet_contrastive_term_sees_the_chosen_view(setup, mode):
     views = []
     for z in zs:
         simplex = z / model.hidden_size
-        assert torch.all(simplex > 0) and torch.allclose(simplex.sum(-1), torch.ones(()))
+        real = simplex[valid]  # drawn at the real positions; zero at the padded ones
+        assert torch.all(real > 0) and torch.allclose(real.sum(-1), torch.ones(()))
+        assert not simplex[~valid].any()
         if mode == "logratio":
-            clr = simplex.log() - simplex.log().mean(dim=-1, keepdim=True)
+            log = torch.where(valid.unsqueeze(-1), simplex, 1.0).log()
+            clr = log - log.mean(dim=-1, keepdim=True)
             views.append((clr * valid.unsqueeze(-1)).sum(dim=1))
         else:
             views.append((z * valid.unsqueeze(-1)).sum(dim=1))
@@ -224,3 +229,36 @@ def test_dirichlet_contrast_defaults_to_logratio_and_gaussian_ignores_it(setup):
 def test_unknown_dirichlet_contrast_is_refused(setup):
     with pytest.raises(ValueError, match="dirichlet_contrast"):
         make(setup, latent="dirichlet", dirichlet_contrast="clr")
+
+
+def _trimmed(batch):
+    """The batch padded only to its own longest sequence."""
+    width = int(batch["item_length"].max())
+    return Interaction(
+        {k: v[:, :width] if k.endswith("_list") else v for k, v in batch.interaction.items()}
+    )
+
+
+@pytest.mark.parametrize(
+    "latent,aug1,aug2", [("gaussian", "none", "none"), ("dirichlet", "random", "crop")]
+)
+def test_same_loss_on_a_batch_trimmed_to_its_longest_sequence(setup, latent, aug1, aug2):
+    assert HybridContrastVAE.accepts_trimmed_batches
+    # Evaluation mode: no dropout (its masks follow the width); the latents are drawn per real
+    # position and the augmentations for max_seq_length columns, so the seed replays them.
+    model = make(setup, latent=latent, branch1_augmentation=aug1, branch2_augmentation=aug2)
+    model.eval()
+    full = setup[3]
+    trimmed = _trimmed(full)
+    assert trimmed["item_id_list"].shape[1] < full["item_id_list"].shape[1]
+    terms = []
+    for batch in (full, trimmed):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.calculate_loss(batch)
+        terms.append(model.last_loss_terms)
+    for name in terms[0]:
+        assert terms[1][name] == pytest.approx(terms[0][name], rel=1e-5, abs=1e-6), name
+    with torch.no_grad():
+        scores = [model.full_sort_predict(batch) for batch in (full, trimmed)]
+    torch.testing.assert_close(scores[1], scores[0])
