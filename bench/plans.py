@@ -12,6 +12,9 @@ one dataset, over seeds, with optional settings, a run name (a variant row) and 
       - {dataset: ml-1m, models: all}   # the dataset's suite, as ``bench run --models all``
     baselines: {amazon-beauty: HybridContrastVAE}   # optional: leaderboards' --baseline
 
+A job's keys replace the defaults' keys, except ``set``, which adds to the defaults' ``set`` (the
+job's own settings win).
+
 Every (model, seed) is one run, what ``bench run`` would do for it: in this process (``--workers
 1``), in a pool of worker processes (``--workers N``) or as a Ray task on a cluster's nodes and
 GPUs (``--ray-address``); runs start in the plan's order as slots free up. With a deadline, a run
@@ -166,7 +169,9 @@ def load_plan(path: str | os.PathLike, tree: ConfigTree | None = None) -> list[P
     for number, job in enumerate(jobs, start=1):
         if not isinstance(job, dict):
             raise BenchError(f"plan {path}: job {number} is not a mapping")
-        job = {**defaults, **job}
+        # A job's `set:` adds to the defaults' (its own keys win), as every other key replaces.
+        settings = {**(defaults.get("set") or {}), **(job.get("set") or {})}
+        job = {**defaults, **job, "set": settings}
         unknown = sorted(set(job) - JOB_KEYS)
         if unknown:
             raise BenchError(f"plan {path}: job {number} has unknown key(s) {', '.join(unknown)}")

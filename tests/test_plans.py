@@ -26,13 +26,16 @@ def test_plan_expands_jobs_over_models_and_seeds(tmp_path):
     path = write_plan(
         tmp_path,
         """
-defaults: {seeds: [0], budget_s: 50}
+defaults: {seeds: [0], budget_s: 50, set: {n_layers: 1, hidden_size: 8}}
 jobs:
   - {dataset: tiny, models: [Pop, SASRec], seeds: [0, 1]}
   - {dataset: tiny, models: SASRec, name: SASRec-wide, set: {hidden_size: 16}, budget_s: 0}
 """,
     )
     runs = plans.load_plan(path)
+    # A job's `set:` adds to the defaults' (its own keys win); other keys replace.
+    assert runs[0].settings == {"n_layers": 1, "hidden_size": 8}
+    assert runs[-1].settings == {"n_layers": 1, "hidden_size": 16}
     assert [r.key for r in runs] == [
         "tiny__Pop__seed-0",
         "tiny__Pop__seed-1",
