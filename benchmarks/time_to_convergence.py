@@ -79,7 +79,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']['cpu']} ({report['machine']['usable_cores']} usable cores), "
         f"torch {report['machine']['torch']}, RecBole {report['machine']['recbole']}; "
-        f"commit `{report['machine']['git_commit']}`. Each run alone on the machine.",
+        f"commit `{report['machine']['git_commit']}`; load average when it started: "
+        f"{report['machine'].get('load_average')}.",
     ]
     if report.get("note"):
         lines += ["", report["note"]]
