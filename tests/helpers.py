@@ -159,3 +159,38 @@ def train_steps(model: object, batch: object, steps: int, lr: float = 1e-2) -> t
         losses.append(loss.item())
         terms.append(dict(model.last_loss_terms))
     return losses, terms
+
+
+def trimmed_batch(batch: object) -> object:
+    """The sequential batch padded only to its own longest sequence."""
+    from recbole.data.interaction import Interaction
+
+    width = int(batch["item_length"].max())
+    return Interaction(
+        {
+            k: v[:, :width] if k.endswith("_list") and v.dim() == 2 else v
+            for k, v in batch.interaction.items()
+        }
+    )
+
+
+def assert_same_terms_when_trimmed(model: object, batch: object) -> None:
+    """``model`` (in eval mode) gives the same loss terms, under the same seed, and the same
+    full-ranking scores on ``batch`` and on it trimmed to its longest sequence."""
+    import pytest
+    import torch
+
+    trimmed = trimmed_batch(batch)
+    assert trimmed["item_id_list"].shape[1] < batch["item_id_list"].shape[1]
+    terms = []
+    for each in (batch, trimmed):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.calculate_loss(each)
+        terms.append(model.last_loss_terms)
+    assert terms[0].keys() == terms[1].keys()
+    for name in terms[0]:
+        assert terms[1][name] == pytest.approx(terms[0][name], rel=1e-5, abs=1e-6), name
+    with torch.no_grad():
+        scores = [model.full_sort_predict(each) for each in (batch, trimmed)]
+    torch.testing.assert_close(scores[1], scores[0])

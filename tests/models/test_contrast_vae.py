@@ -16,7 +16,13 @@ from recbole_ext.layers.contrastive import augment_sequences, info_nce
 from recbole_ext.layers.latent import gaussian_kl, masked_mean, sample_negatives_outside
 from recbole_ext.models import contrast_vae
 from recbole_ext.models.contrast_vae import OFFICIAL_SWITCHES, ContrastVAE
-from tests.helpers import ROOT, make_model, sequential_setup, train_steps
+from tests.helpers import (
+    ROOT,
+    assert_same_terms_when_trimmed,
+    make_model,
+    sequential_setup,
+    train_steps,
+)
 
 YAML = str(ROOT / "configs/models/ContrastVAE.yaml")
 TINY = {
@@ -206,17 +212,6 @@ def test_an_explicit_switch_beats_the_preset(setup):
 
 
 # --- trimmed batches --------------------------------------------------------------------------
-def _trimmed(interaction: Interaction) -> Interaction:
-    """The batch padded only to its own longest sequence."""
-    width = int(interaction["item_length"].max())
-    return Interaction(
-        {
-            k: v[:, :width] if k.endswith("_list") and v.dim() == 2 else v
-            for k, v in interaction.interaction.items()
-        }
-    )
-
-
 @pytest.mark.parametrize("official", [False, True], ids=["principled", "official"])
 @pytest.mark.parametrize("augmentation", ["vanilla", "ma", "da", "va"])
 def test_same_loss_on_a_batch_trimmed_to_its_longest_sequence(setup, augmentation, official):
@@ -225,21 +220,7 @@ def test_same_loss_on_a_batch_trimmed_to_its_longest_sequence(setup, augmentatio
     # per real position or for max_seq_length columns, so the seed replays it.
     model = make(setup, augmentation=augmentation, official=official).eval()
     model.anneal_step.fill_(1)  # a non-zero KL weight
-    full = batch_of(setup)
-    trimmed = _trimmed(full)
-    assert trimmed["item_id_list"].shape[1] < full["item_id_list"].shape[1]
-    terms = []
-    for batch in (full, trimmed):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            model.calculate_loss(batch)
-        terms.append(model.last_loss_terms)
-    assert terms[0].keys() == terms[1].keys()
-    for name in terms[0]:
-        assert terms[1][name] == pytest.approx(terms[0][name], rel=1e-5, abs=1e-6), name
-    with torch.no_grad():
-        scores = [model.full_sort_predict(batch) for batch in (full, trimmed)]
-    torch.testing.assert_close(scores[1], scores[0])
+    assert_same_terms_when_trimmed(model, batch_of(setup))
 
 
 def test_augmentations_do_not_depend_on_the_batch_width():

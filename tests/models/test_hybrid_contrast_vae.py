@@ -6,11 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbole.data.interaction import Interaction
 
 from recbole_ext.layers.contrastive import info_nce
 from recbole_ext.models.hybrid_contrast_vae import HybridContrastVAE
-from tests.helpers import ROOT, make_model, sequential_setup, train_steps
+from tests.helpers import (
+    ROOT,
+    assert_same_terms_when_trimmed,
+    make_model,
+    sequential_setup,
+    train_steps,
+)
 
 YAML = str(ROOT / "configs/models/HybridContrastVAE.yaml")
 TINY = {
@@ -231,14 +236,6 @@ def test_unknown_dirichlet_contrast_is_refused(setup):
         make(setup, latent="dirichlet", dirichlet_contrast="clr")
 
 
-def _trimmed(batch):
-    """The batch padded only to its own longest sequence."""
-    width = int(batch["item_length"].max())
-    return Interaction(
-        {k: v[:, :width] if k.endswith("_list") else v for k, v in batch.interaction.items()}
-    )
-
-
 @pytest.mark.parametrize(
     "latent,aug1,aug2", [("gaussian", "none", "none"), ("dirichlet", "random", "crop")]
 )
@@ -247,18 +244,4 @@ def test_same_loss_on_a_batch_trimmed_to_its_longest_sequence(setup, latent, aug
     # Evaluation mode: no dropout (its masks follow the width); the latents are drawn per real
     # position and the augmentations for max_seq_length columns, so the seed replays them.
     model = make(setup, latent=latent, branch1_augmentation=aug1, branch2_augmentation=aug2)
-    model.eval()
-    full = setup[3]
-    trimmed = _trimmed(full)
-    assert trimmed["item_id_list"].shape[1] < full["item_id_list"].shape[1]
-    terms = []
-    for batch in (full, trimmed):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            model.calculate_loss(batch)
-        terms.append(model.last_loss_terms)
-    for name in terms[0]:
-        assert terms[1][name] == pytest.approx(terms[0][name], rel=1e-5, abs=1e-6), name
-    with torch.no_grad():
-        scores = [model.full_sort_predict(batch) for batch in (full, trimmed)]
-    torch.testing.assert_close(scores[1], scores[0])
+    assert_same_terms_when_trimmed(model.eval(), setup[3])
