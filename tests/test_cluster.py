@@ -113,14 +113,14 @@ def test_a_study_runs_its_trials_on_both_nodes(
 def test_a_node_killed_mid_plan_leaves_its_run_re_queued_not_lost(
     ray_cluster: RayCluster, tiny_sequences: Path
 ) -> None:
-    """Runs last long enough (20 tiny epochs) to kill the second node once its run has written
-    a checkpoint; the driver re-queues that run, which continues from the checkpoint (the
-    results folder is shared: one machine) on the head."""
+    """Runs last long enough (300 tiny epochs, several seconds) to kill the second node once its
+    run has written a checkpoint; the driver re-queues that run, which continues from the
+    checkpoint (the results folder is shared: one machine) on the head."""
     plan = tiny_sequences / "kill.yaml"
     plan.write_text(
-        "jobs:\n  - {dataset: tiny, models: [SASRec], seeds: [0, 1, 2, 3], epochs: 20,\n"
+        "jobs:\n  - {dataset: tiny, models: [SASRec], seeds: [0, 1, 2, 3], epochs: 300,\n"
         "     set: {hidden_size: 8, inner_size: 16, n_layers: 1, MAX_ITEM_LIST_LENGTH: 10,\n"
-        "           train_batch_size: 4096, stopping_step: 100}}\n"
+        "           train_batch_size: 4096, stopping_step: 1000}}\n"
     )
     out = tiny_sequences / "out"
     logs = out / "plans" / "kill" / "logs"
