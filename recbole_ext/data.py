@@ -207,10 +207,7 @@ class UserSubsetBatches:
     def __init__(self, loader: Any, per_user: np.ndarray, limit: int, seed: int) -> None:
         self._loader = loader
         users = np.flatnonzero(per_user)  # users with training interactions (never padding 0)
-        order = np.random.default_rng(seed).permutation(users)
-        kept = np.cumsum(per_user[order]) <= limit
-        kept[0] = True
-        self.users = torch.as_tensor(np.sort(order[kept]))
+        self.users = torch.as_tensor(np.sort(users[_rows_within(per_user[users], limit, seed)]))
         self.generator = torch.Generator()
         self.generator.manual_seed(int(seed))
 
@@ -311,6 +308,15 @@ def _random_subset(n: int, limit: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=limit, replace=False)
 
 
+def _rows_within(targets: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Random rows, in random order, whose ``targets`` add up to at most ``limit`` (at least
+    one row)."""
+    order = np.random.default_rng(seed).permutation(len(targets))
+    kept = np.cumsum(targets[order]) <= limit
+    kept[0] = True
+    return order[kept]
+
+
 def limit_samples(dataset: Any, limit: int, seed: int, targets: np.ndarray | None = None) -> None:
     """Keep a random subset of the rows holding about ``limit`` training targets: ``limit`` rows
     when each row is one target (RecBole's samples), else as many random rows as fit in
@@ -324,10 +330,7 @@ def limit_samples(dataset: Any, limit: int, seed: int, targets: np.ndarray | Non
         return
     if int(targets.sum()) <= limit:
         return
-    order = np.random.default_rng(seed).permutation(n)
-    kept = np.cumsum(targets[order]) <= limit
-    kept[0] = True
-    _keep_rows(dataset, order[kept])
+    _keep_rows(dataset, _rows_within(targets, limit, seed))
 
 
 def limit_users(datasets: list[Any], limit: int, seed: int) -> None:

@@ -194,7 +194,8 @@ class HybridContrastVAE(SequentialRecommender):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(decoder input ``[B, L, H]``, zero at the padded positions; the KL of each real
         position ``[N]``), drawn at the real positions (``valid`` ``[B, L]``) only."""
-        real = [p[valid] for p in params]
+        rows, cols = valid.nonzero(as_tuple=True)
+        real = [p[rows, cols] for p in params]
         if self.latent == "gaussian":
             mu, logvar = real
             z, kl = gaussian_sample(mu, logvar), gaussian_kl(mu, logvar)
@@ -202,7 +203,6 @@ class HybridContrastVAE(SequentialRecommender):
             alpha = dirichlet_concentration(real[0])
             z = dirichlet_sample(alpha) * self.hidden_size
             kl = dirichlet_kl(alpha, self.dirichlet_prior)
-        rows, cols = valid.nonzero(as_tuple=True)
         return params[0].new_zeros(params[0].shape).index_put((rows, cols), z), kl
 
     def _mean(self, params: list[torch.Tensor]) -> torch.Tensor:
@@ -273,7 +273,7 @@ class HybridContrastVAE(SequentialRecommender):
             valid = positions < lens.unsqueeze(1)
             z, kl = self._sample(self.encode(branch, seq, lens), valid)
             zs.append(z)
-            kls.append(kl.mean() if kl.numel() else kl.sum())
+            kls.append(kl.sum() / max(kl.numel(), 1))  # mean over real positions
             users.append(self.contrast_view(z, valid))
         # One decoder call for all branches.
         outputs = self.decoder(torch.cat(zs)).chunk(len(zs))
