@@ -165,10 +165,14 @@ def load_plan(path: str | os.PathLike, tree: ConfigTree | None = None) -> list[P
     if not isinstance(jobs, list) or not jobs:
         raise BenchError(f"plan {path}: needs a non-empty 'jobs' list")
     defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict) or not isinstance(defaults.get("set") or {}, dict):
+        raise BenchError(f"plan {path}: 'defaults' and its 'set' must be mappings")
     runs: list[PlannedRun] = []
     for number, job in enumerate(jobs, start=1):
         if not isinstance(job, dict):
             raise BenchError(f"plan {path}: job {number} is not a mapping")
+        if not isinstance(job.get("set") or {}, dict):
+            raise BenchError(f"plan {path}: job {number}'s 'set' is not a mapping")
         # A job's `set:` adds to the defaults' (its own keys win), as every other key replaces.
         settings = {**(defaults.get("set") or {}), **(job.get("set") or {})}
         job = {**defaults, **job, "set": settings}

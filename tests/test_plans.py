@@ -65,6 +65,9 @@ def test_a_job_of_all_models_runs_the_datasets_suite(tmp_path):
         ("jobs: [{dataset: tiny, models: [Pop, BPR], name: x}]", "names a variant of several"),
         ("jobs: [{dataset: tiny, models: [Pop]}, {dataset: tiny, models: Pop}]", "listed twice"),
         ("jobs: [{dataset: tiny, models: [Pop]}]\nbaseline: {tiny: Pop}", "top-level key(s)"),
+        ("jobs: [{dataset: tiny, models: [Pop], set: [1, 2]}]", "job 1's 'set' is not a mapping"),
+        ("defaults: {set: 3}\njobs: [{dataset: tiny, models: [Pop]}]", "must be mappings"),
+        ("defaults: [1]\njobs: [{dataset: tiny, models: [Pop]}]", "must be mappings"),
     ],
 )
 def test_malformed_plans_are_refused(tmp_path, text, message):
