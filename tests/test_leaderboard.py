@@ -447,6 +447,7 @@ def test_rows_and_header_say_how_the_runs_stopped(tmp_path):
         "stopping and 1 at their epoch limit (`epochs`)." in header
     )
     assert "`stop`: how the row's runs ended" in header and "Budget-limited" not in header
+    assert "**Hyperparameters:** every row runs its model's defaults" in header
     prov = json.loads((tmp_path / "leaderboard" / "d.provenance.json").read_text())
     assert prov["models"]["A"]["stop_reasons"] == {"early_stopping": 2}
     assert prov["runs"]["stop_reasons"] == {"early_stopping": 2, "epoch_limit": 1}
@@ -457,6 +458,15 @@ def test_rows_and_header_say_how_the_runs_stopped(tmp_path):
     header = md.split("| model |")[0]
     assert "**Budget-limited:** 1 of 4 runs stopped at a wall-clock training cap" in header
     assert "Converged" not in header and _row(md, "C")[-2] == "budget 1"
+
+
+def test_header_names_the_rows_with_tuned_hyperparameters(tmp_path):
+    write_result(tmp_path, _typed("A", 0, 0.1, command="bench run --models A --tuned --out r"))
+    write_result(tmp_path, _typed("B", 0, 0.2, command="bench run --models B --set lr=0.1"))
+    write_result(tmp_path, _typed("C", 0, 0.3, command="bench tune --model C --dataset d"))
+    header = leaderboard.write(tmp_path, "d")[1].read_text().split("| model |")[0]
+    assert "**Hyperparameters:** A, C use tuned or own configuration files" in header
+    assert "untuned" in header and "every row runs" not in header
 
 
 def test_a_commit_that_only_adds_results_leaves_a_row_one_code_version(tmp_path):

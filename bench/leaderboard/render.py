@@ -5,6 +5,7 @@ caption and notes, significance, provenance)."""
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -181,6 +182,30 @@ def _stop_lead(board: Board) -> str | None:
     return lead
 
 
+def _tuned(command: str | None) -> bool:
+    """Whether a run's recorded command layered tuned or own hyperparameter files."""
+    words = shlex.split(command or "")
+    return words[:2] == ["bench", "tune"] or "--tuned" in words or "--config" in words
+
+
+def _hyperparameter_line(board: Board) -> str | None:
+    """Where the rows' hyperparameters come from, read from the runs' recorded commands."""
+    if not board.ok:
+        return None
+    tuned = sorted({r.model for r in board.ok if _tuned(r.command)})
+    if not tuned:
+        return (
+            "**Hyperparameters:** every row runs its model's defaults (`configs/models/`: the "
+            "papers' or RecBole's), untuned; a row named after a variant adds the `--set` "
+            "settings its provenance command shows."
+        )
+    return (
+        f"**Hyperparameters:** {', '.join(tuned)} use tuned or own configuration files "
+        "(`--tuned` / `--config`, see the provenance commands); the other rows run their "
+        "model's defaults, untuned."
+    )
+
+
 def _caption(board: Board) -> list[str]:
     ranked_on = f"ranked by test {board.primary}" if board.primary else "ranked"
     text = (
@@ -224,9 +249,9 @@ def _caption(board: Board) -> list[str]:
             "there may not survive other seeds. A row with a single seed has no std and cannot "
             "be flagged."
         )
-    lead = _stop_lead(board)
-    if lead is not None:
-        text = lead + "\n\n" + text
+    for lead in (_hyperparameter_line(board), _stop_lead(board)):
+        if lead is not None:
+            text = lead + "\n\n" + text
     return [text]
 
 
