@@ -222,6 +222,7 @@ def execute(
         trainer.replay_stop = replay.fit if replay else None
         trainer.saved_model_file = str(checkpoint_dir / "best.pth")
         trainer.last_checkpoint = checkpoint_dir / "last.pth"
+        trainer.best_weights_only = True  # a run resumes from last.pth, never from best.pth
         resumed_from = None
         if options.resume and trainer.last_checkpoint.is_file():
             resumed_from = trainer.resume(trainer.last_checkpoint, train_data)

@@ -406,19 +406,21 @@ def unique_run_stamp() -> str:
     return f"{now}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _checkpoint_state(trainer: Any, epoch: int) -> dict:
+def _checkpoint_state(trainer: Any, epoch: int, optimizer: bool = True) -> dict:
     from recbole_ext.run_state import tensor_values
 
     # Plain containers and tensors only, so that torch.load(weights_only=True) accepts it.
-    return {
+    state = {
         "model": str(trainer.config["model"]),
         "epoch": int(epoch),
         "cur_step": int(trainer.cur_step),
         "best_valid_score": float(trainer.best_valid_score),
         "state_dict": trainer.model.state_dict(),
         "other_parameter": tensor_values(trainer.model.other_parameter()),
-        "optimizer": trainer.optimizer.state_dict(),
     }
+    if optimizer:
+        state["optimizer"] = trainer.optimizer.state_dict()
+    return state
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
@@ -441,7 +443,11 @@ def _patch_trainer() -> None:
         from recbole_ext.run_state import save
 
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        save(saved_model_file, _checkpoint_state(self, epoch))  # atomic: a kill leaves the old one
+        # A trainer that keeps a resumable "last" checkpoint (the harness's) needs only the best
+        # weights here: the optimizer state doubled or tripled every committed checkpoint.
+        optimizer = not getattr(self, "best_weights_only", False)
+        state = _checkpoint_state(self, epoch, optimizer=optimizer)
+        save(saved_model_file, state)  # atomic: a kill leaves the old one
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
@@ -458,6 +464,11 @@ def _patch_trainer() -> None:
         self.best_valid_score = checkpoint["best_valid_score"]
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        if "optimizer" not in checkpoint:
+            raise ValueError(
+                f"checkpoint {resume_file} holds the best weights only; resume from the run's "
+                "last checkpoint (bench run --resume) instead"
+            )
         self.optimizer.load_state_dict(checkpoint["optimizer"])
 
     def evaluate(

@@ -71,6 +71,12 @@ def test_checkpoint_is_loaded_with_weights_only(tiny_sequences):
     assert state["model"] == "SASRec" and "state_dict" in state
     trainer.resume_checkpoint(trainer.saved_model_file)
     assert trainer.start_epoch == state["epoch"] + 1
+    # The harness's trainers keep the best weights only: RecBole's resume refuses them clearly.
+    trainer.best_weights_only = True
+    trainer._save_checkpoint(0, verbose=False)
+    assert "optimizer" not in torch.load(trainer.saved_model_file, weights_only=True)
+    with pytest.raises(ValueError, match="best weights only"):
+        trainer.resume_checkpoint(trainer.saved_model_file)
 
 
 def test_sequential_import_leaves_anomaly_detection_off():

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, write_inter
 
@@ -143,6 +144,11 @@ def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
     assert result.stop_reason == "time_budget" and result.stopped_by_budget
     (folder,) = (out / "checkpoints" / "tiny" / "BPR").iterdir()
     assert (folder / "last.pth").is_file() and (folder / "best.pth").is_file()
+    # The best checkpoint holds weights only (it is committed with unfinished runs); the last
+    # one carries the optimizer state the run continues from.
+    best = torch.load(folder / "best.pth", weights_only=True)
+    assert "state_dict" in best and "optimizer" not in best
+    assert torch.load(folder / "last.pth", weights_only=True)["optimizers"]
     done = len(result.epochs)
 
     more = {**settings, "epochs": done + 2, "time_budget_s": 0}
