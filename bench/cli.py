@@ -64,6 +64,13 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _pair(text: str) -> tuple[str, str]:
+    model, sep, reference = text.partition(":")
+    if not sep or not model or not reference or ":" in reference:
+        raise BenchError(f"--pair {text!r}: expected MODEL:REFERENCE")
+    return model, reference
+
+
 @app.command()
 def run(
     models: Annotated[str, typer.Option(help="'all' (the dataset's suite) or names: A,B")],
@@ -227,12 +234,18 @@ def report(
     test: Annotated[
         str, typer.Option(help="Test deciding the significance markers: t or wilcoxon")
     ] = "t",
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL:REFERENCE, tested on its own (repeatable): e.g. A:A-ablated"),
+    ] = None,
 ) -> None:
     """Write the leaderboard and a markdown report with figures beside it:
     <results>/reports/<dataset>/report.md, linking to the leaderboard's files."""
     from bench.report import write_report
 
-    typer.echo(f"report: {write_report(results, dataset, baseline=baseline, test=test)}")
+    pairs = [_pair(text) for text in pair or []]
+    path = write_report(results, dataset, baseline=baseline, test=test, pairs=pairs)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

@@ -82,6 +82,21 @@ class Timing:
     resumed_from_epoch: int | None = None
     earlier_train_seconds: float = 0.0
 
+    @property
+    def train_seconds_all_sittings(self) -> float | None:
+        """Training time of the whole run: this sitting's and the earlier sittings' of a resumed
+        run (``train_seconds`` alone is this sitting's)."""
+        if self.train_seconds is None:
+            return None
+        return self.train_seconds + self.earlier_train_seconds
+
+    @property
+    def total_seconds_all_sittings(self) -> float | None:
+        """``total_seconds`` plus the earlier sittings' training time of a resumed run."""
+        if self.total_seconds is None:
+            return None
+        return self.total_seconds + self.earlier_train_seconds
+
 
 @dataclass
 class PhaseMemory:

@@ -25,8 +25,9 @@ def package_versions() -> dict[str, str | None]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Everything of the checkout but the results: what a run's code is.
-_CODE = ("--", ".", ":!results")
+# What a run's code is: everything of the checkout but what cannot change what a run computes
+# (its results, the docs, the tests, the README, the CI script).
+_CODE = ("--", ".", ":!results", ":!docs", ":!tests", ":!README.md", ":!.ci")
 
 
 def _git(root: Path, *args: str) -> str:
@@ -36,9 +37,9 @@ def _git(root: Path, *args: str) -> str:
 
 
 def _dirty(root: Path) -> bool:
-    """Uncommitted changes to the code or configs. ``results/`` is left out: every run rewrites
+    """Uncommitted changes to the code or configs. ``results/`` is left out (every run rewrites
     the leaderboards there, so counting it would mark all but the first run of a benchmark as
-    dirty."""
+    dirty), and so are the docs and the tests (see ``_CODE``)."""
     return bool(_git(root, "status", "--porcelain", "--untracked-files=no", *_CODE))
 
 
@@ -56,9 +57,10 @@ def git_commit(root: Path = ROOT) -> str | None:
 
 @cache
 def code_version(root: Path = ROOT) -> str | None:
-    """The last commit that changed anything outside ``results/``, with ``-dirty`` as
-    :func:`git_commit`: a commit that only adds results leaves it as it was, so the runs after
-    it count as the same code as the runs before."""
+    """The last commit that changed the code or configs (anything outside ``results/``,
+    ``docs/``, ``tests/``, ``README.md`` and ``.ci/``), with ``-dirty`` as :func:`git_commit`: a
+    commit that only adds results or edits the docs or tests leaves it as it was, so the runs
+    after it count as the same code as the runs before."""
     try:
         commit = _git(root, "log", "-1", "--format=%H", *_CODE)
         dirty = _dirty(root)

@@ -13,6 +13,7 @@ copies.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from bench.leaderboard.render import markdown_table
 
 def _timing_markdown(board: leaderboard.Board) -> str:
     intro = (
-        "Mean ± sample std over seeds. Fit: the whole training, validation epochs included; "
+        "Mean ± sample std over seeds. Fit: the whole training, validation epochs included "
+        "(a resumed run's earlier sittings too, in total s as well); "
         "per epoch: the recorded training and validation seconds of each epoch; test: the "
         "final evaluation. Epochs run include those after the best one (early stopping "
         "patience); epochs count from 0."
@@ -64,11 +66,11 @@ def _timing_markdown(board: leaderboard.Board) -> str:
                 str(len(runs)),
                 cell([r.epochs_run for r in runs]),
                 cell([r.best_epoch for r in runs]),
-                cell([t.train_seconds for t in timings]),
+                cell([t.train_seconds_all_sittings for t in timings]),
                 cell([epoch_mean([e.train_seconds for e in r.epochs]) for r in runs], 2),
                 cell([epoch_mean([e.valid_seconds for e in r.epochs]) for r in runs], 2),
                 cell([t.eval_seconds for t in timings]),
-                cell([t.total_seconds for t in timings]),
+                cell([t.total_seconds_all_sittings for t in timings]),
             ]
         )
     table = markdown_table(header, rows, [False] + [True] * (len(header) - 1))
@@ -85,17 +87,20 @@ def write_report(
     dataset: str,
     baseline: str | None = None,
     test: str = stats.DEFAULT_TEST,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write the leaderboard of ``dataset`` (as ``bench leaderboard`` does with this
     ``baseline`` and ``test``) and its report under ``<out>/reports/<dataset>/``, which links
     to the leaderboard's significance table and provenance record; return report.md. ``test``
-    (``t`` or ``wilcoxon``) decides the significance markers.
+    (``t`` or ``wilcoxon``) decides the significance markers. ``pairs`` of (model, reference)
+    get their own paired tests in the report, also written to ``pairs.csv`` beside it.
 
-    Raises :class:`BenchError` when there is no successful result, the baseline or the test is
-    unknown.
+    Raises :class:`BenchError` when there is no successful result, the baseline, a paired
+    model or the test is unknown.
     """
     out = Path(out)
-    board = leaderboard.compute(out, dataset, baseline, test=test)
+    pairs = list(pairs)
+    board = leaderboard.compute(out, dataset, baseline, test=test, pairs=pairs)
     if board is None:
         raise BenchError(f"no results for dataset {dataset!r} under {out / 'runs'}")
     if not board.ok:
@@ -103,6 +108,11 @@ def write_report(
     leaderboard.write_board(out, board)
     folder = out / "reports" / dataset
     figures = folder / "figures"
+    pairs_csv = folder / "pairs.csv"
+    if board.pair_tests is not None:
+        write_text(pairs_csv, board.pair_tests.to_csv(index=False))
+    elif pairs_csv.exists():  # a report written again without pairs drops the old file
+        pairs_csv.unlink()
     models = list(board.table.loc[board.table["seeds"] > 0, "model"])
     figure_parts: list[str] = []
     curves = plots.learning_curves(board.ok, figures, models=models)
@@ -147,7 +157,9 @@ def write_report(
     # The report's own text says how to write it again; the leaderboard's files keep theirs.
     board.provenance = {
         **board.provenance,
-        "rebuild_command": leaderboard.rebuild_command("report", out, dataset, baseline, test),
+        "rebuild_command": leaderboard.rebuild_command(
+            "report", out, dataset, baseline, test, pairs
+        ),
     }
     text = _report_text(board, figure_parts, _links(out, dataset, folder))
     return write_text(folder / "report.md", text)
@@ -198,6 +210,23 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str], links: dict[
             "",
             "</details>",
         ]
+    if board.pair_tests is not None:
+        pairs_ref = "[`pairs.csv`](pairs.csv)"
+        parts += [
+            "",
+            f"## Paired comparisons ({board.primary or 'all metrics'})",
+            "",
+            leaderboard.significance_markdown(board, csv_ref=pairs_ref, pairs=True),
+        ]
+        if len(all_metrics) > 1:
+            parts += [
+                "",
+                "<details><summary>All metrics</summary>",
+                "",
+                leaderboard.significance_markdown(board, all_metrics, pairs_ref, pairs=True),
+                "",
+                "</details>",
+            ]
     parts += [
         "",
         "## Training time",

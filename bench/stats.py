@@ -274,6 +274,66 @@ def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> tuple[np.ndarray, np
     return np.asarray(reject, dtype=bool), np.asarray(adjusted, dtype=float)
 
 
+def _test_rows(
+    model: str, reference: str, role: str, metric: str, a: np.ndarray, b: np.ndarray
+) -> list[dict[str, Any]]:
+    """The Wilcoxon and t rows of one paired comparison (p-values not yet adjusted)."""
+    r = _tests_of_pairs(a, b)
+    base = {
+        "model": model,
+        "reference": reference,
+        "role": role,
+        "metric": metric,
+        "n_users": r["n_users"],
+        "mean_model": r["mean_model"],
+        "mean_reference": r["mean_reference"],
+        "mean_diff": r["mean_diff"],
+        "ci_low": r["t_ci_low"],
+        "ci_high": r["t_ci_high"],
+        "ci_method": "t",
+    }
+    return [
+        {
+            **base,
+            "test": "wilcoxon",
+            "statistic": r["wilcoxon_statistic"],
+            "p_value": r["wilcoxon_p"],
+            "effect_size": r["rank_biserial"],
+            "effect_size_kind": "rank_biserial",
+        },
+        {
+            **base,
+            "test": "t",
+            "statistic": r["t_statistic"],
+            "p_value": r["t_p"],
+            "effect_size": r["cohens_d"],
+            "effect_size_kind": "cohens_d",
+        },
+    ]
+
+
+def _adjust_family(family: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """Holm over one family of rows, each test on its own; the rows, Wilcoxon's first."""
+    out: list[dict[str, Any]] = []
+    for test in ("wilcoxon", "t"):
+        group = [row for row in family if row["test"] == test]
+        reject, adjusted = holm([row["p_value"] for row in group], alpha)
+        for row, rej, adj in zip(group, reject, adjusted, strict=True):
+            row["p_holm"] = float(adj)
+            row["significant"] = bool(rej)
+        out.extend(group)
+    return out
+
+
+def _bootstrap_into(to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]]) -> None:
+    """Replace the t-intervals of these (rows, differences) by bootstrap intervals, resampled
+    together."""
+    intervals = bootstrap_intervals([diff for _, diff in to_bootstrap])
+    for (pair, _), (low, high) in zip(to_bootstrap, intervals, strict=True):
+        for row in pair:
+            row["ci_low"], row["ci_high"], row["ci_method"] = low, high, "bootstrap"
+
+
 def compare(
     per_user: dict[str, pd.DataFrame],
     references: Sequence[tuple[str, str]],
@@ -299,56 +359,47 @@ def compare(
         for metric in metrics:
             if metric not in ref_frame:
                 continue
-            bootstrap = metric in bootstrap_metrics
             family: list[dict[str, Any]] = []
             for model, frame in per_user.items():
                 if model == reference or metric not in frame:
                     continue
                 a, b = paired_values(frame[metric], ref_frame[metric])
-                r = _tests_of_pairs(a, b)
-                base = {
-                    "model": model,
-                    "reference": reference,
-                    "role": role,
-                    "metric": metric,
-                    "n_users": r["n_users"],
-                    "mean_model": r["mean_model"],
-                    "mean_reference": r["mean_reference"],
-                    "mean_diff": r["mean_diff"],
-                    "ci_low": r["t_ci_low"],
-                    "ci_high": r["t_ci_high"],
-                    "ci_method": "bootstrap" if bootstrap else "t",
-                }
-                pair = [
-                    {
-                        **base,
-                        "test": "wilcoxon",
-                        "statistic": r["wilcoxon_statistic"],
-                        "p_value": r["wilcoxon_p"],
-                        "effect_size": r["rank_biserial"],
-                        "effect_size_kind": "rank_biserial",
-                    },
-                    {
-                        **base,
-                        "test": "t",
-                        "statistic": r["t_statistic"],
-                        "p_value": r["t_p"],
-                        "effect_size": r["cohens_d"],
-                        "effect_size_kind": "cohens_d",
-                    },
-                ]
+                pair = _test_rows(model, reference, role, metric, a, b)
                 family.extend(pair)
-                if bootstrap:
+                if metric in bootstrap_metrics:
                     to_bootstrap.append((pair, a - b))
-            for test in ("wilcoxon", "t"):
-                group = [row for row in family if row["test"] == test]
-                reject, adjusted = holm([row["p_value"] for row in group], alpha)
-                for row, rej, adj in zip(group, reject, adjusted, strict=True):
-                    row["p_holm"] = float(adj)
-                    row["significant"] = bool(rej)
-                rows.extend(group)
-    intervals = bootstrap_intervals([diff for _, diff in to_bootstrap])
-    for (pair, _), (low, high) in zip(to_bootstrap, intervals, strict=True):
-        for row in pair:
-            row["ci_low"], row["ci_high"] = low, high
+            rows.extend(_adjust_family(family, alpha))
+    _bootstrap_into(to_bootstrap)
+    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+
+
+def compare_pairs(
+    per_user: dict[str, pd.DataFrame],
+    pairs: Sequence[tuple[str, str]],
+    metrics: Sequence[str],
+    alpha: float = ALPHA,
+    bootstrap_metrics: Collection[str] = (),
+) -> pd.DataFrame:
+    """Chosen ``(model, reference)`` pairs, both tests, on each metric both have: the questions
+    a study asks (a model against its ablations, say) rather than every row against one
+    reference. Rows as :func:`compare`'s with ``role`` ``"pair"``; Holm runs over the pairs
+    within each (metric, test). Raises :class:`BenchError` for a model without per-user values.
+    """
+    for model in dict.fromkeys(m for pair in pairs for m in pair):
+        if model not in per_user:
+            raise BenchError(f"no per-user test values for {model!r}: it cannot be paired")
+    rows: list[dict[str, Any]] = []
+    to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]] = []
+    for metric in metrics:
+        family: list[dict[str, Any]] = []
+        for model, reference in pairs:
+            if metric not in per_user[model] or metric not in per_user[reference]:
+                continue
+            a, b = paired_values(per_user[model][metric], per_user[reference][metric])
+            pair = _test_rows(model, reference, "pair", metric, a, b)
+            family.extend(pair)
+            if metric in bootstrap_metrics:
+                to_bootstrap.append((pair, a - b))
+        rows.extend(_adjust_family(family, alpha))
+    _bootstrap_into(to_bootstrap)
     return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)

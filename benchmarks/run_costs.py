@@ -10,7 +10,8 @@ gathers them into one table per dataset, one row per (model, device):
   every complete epoch of every seed (an epoch the time budget cut short is left out; where every
   epoch was cut, the median of the cut ones, marked ``cut``);
 - ``train s``: mean seconds of the whole training stage (building the model, which is where
-  ItemKNN and EASE fit, every epoch and every validation); ``valid s``: median seconds of one
+  ItemKNN and EASE fit, every epoch and every validation; a resumed run's earlier sittings
+  included); ``valid s``: median seconds of one
   full validation pass; ``test s``: mean seconds of the test pass; ``data s``: mean seconds to
   load and split the data (the dataset cache included);
 - ``peak MiB train / test``: the largest over seeds (CPU: the process's peak resident memory,
@@ -99,7 +100,7 @@ def costs(results: list[RunResult]) -> list[dict[str, Any]]:
                 "epoch_seconds": _median(whole) if whole else _median(cut),
                 "epoch_cut": not whole and bool(cut),
                 "valid_seconds": _median([v for v in valid if v]),
-                "train_seconds": _known_mean([t.train_seconds for t in timings]),
+                "train_seconds": _known_mean([t.train_seconds_all_sittings for t in timings]),
                 "test_seconds": _known_mean([t.eval_seconds for t in timings]),
                 "data_seconds": _known_mean([t.data_seconds for t in timings]),
                 "train_peak_mib": _peak([m.train for m in memories]),

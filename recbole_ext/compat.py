@@ -459,16 +459,16 @@ def _patch_trainer() -> None:
             raise ValueError(
                 f"checkpoint {resume_file} holds {checkpoint['model']}, not {self.config['model']}"
             )
+        if "optimizer" not in checkpoint:  # refused before the trainer or model is touched
+            raise ValueError(
+                f"checkpoint {resume_file} holds the best weights only; resume from the run's "
+                "last checkpoint (bench run --resume) instead"
+            )
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        if "optimizer" not in checkpoint:
-            raise ValueError(
-                f"checkpoint {resume_file} holds the best weights only; resume from the run's "
-                "last checkpoint (bench run --resume) instead"
-            )
         self.optimizer.load_state_dict(checkpoint["optimizer"])
 
     def evaluate(

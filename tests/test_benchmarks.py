@@ -68,12 +68,15 @@ def test_summary_picks_best_validation_epoch_and_ratios(side_by_side, tmp_path):
     assert (tmp_path / "contrastvae_side_by_side.md").read_text() == text
 
 
-def _run_result(model: str, seed: int, epochs: list[dict], device: str = "cpu") -> dict:
+def _run_result(
+    model: str, seed: int, epochs: list[dict], device: str = "cpu", earlier: float = 0.0
+) -> dict:
     return {
         "dataset": "d", "model": model, "seed": seed, "status": "ok",
         "stopped_by_budget": any(e.get("cut_after_batches") for e in epochs),
         "epochs": epochs,
-        "timing": {"data_seconds": 2.0, "train_seconds": 9.0, "eval_seconds": 3.0 + seed},
+        "timing": {"data_seconds": 2.0, "train_seconds": 9.0, "eval_seconds": 3.0 + seed,
+                   "earlier_train_seconds": earlier},
         "memory": {"train": {"peak_mib": 100.0 + seed}, "test": {"peak_mib": 80.0}},
         "environment": {"device": device, "device_name": "H", "cpu_count": 2},
     }  # fmt: skip
@@ -97,7 +100,8 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
 
     # Seed 0: two whole epochs (4 s, 6 s) and one cut by the budget; seed 1: one whole (5 s).
     write_result(tmp_path, _run_result("A", 0, [epoch(0, 4.0), epoch(1, 6.0), epoch(2, 0.5, 3)]))
-    write_result(tmp_path, _run_result("A", 1, [epoch(0, 5.0, valid=3.0)]))
+    # Seed 1 was resumed: 4 s of training in an earlier sitting count in its train s.
+    write_result(tmp_path, _run_result("A", 1, [epoch(0, 5.0, valid=3.0)], earlier=4.0))
     write_result(tmp_path, _run_result("B", 0, [epoch(0, 0.2, 1)]))  # only a cut epoch
     write_result(tmp_path, _run_result("A", 2, [epoch(0, 1.0)], device="cuda"))
     failed = {"dataset": "d", "model": "C", "seed": 0, "status": "failed", "error": {}}
@@ -112,7 +116,7 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     a = rows[("A", "cpu (2 cores)")]
     assert a["seeds"] == 2 and a["epochs"] == 2.0
     assert a["epoch_seconds"] == 5.0 and a["epoch_cut"] is False  # the cut 0.5 s left out
-    assert a["valid_seconds"] == 1.0 and a["test_seconds"] == 3.5 and a["train_seconds"] == 9.0
+    assert a["valid_seconds"] == 1.0 and a["test_seconds"] == 3.5 and a["train_seconds"] == 11.0
     assert a["train_peak_mib"] == 101.0 and a["test_peak_mib"] == 80.0
     assert a["budget_limited"] == 1
     b = rows[("B", "cpu (2 cores)")]

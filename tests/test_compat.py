@@ -75,8 +75,14 @@ def test_checkpoint_is_loaded_with_weights_only(tiny_sequences):
     trainer.best_weights_only = True
     trainer._save_checkpoint(0, verbose=False)
     assert "optimizer" not in torch.load(trainer.saved_model_file, weights_only=True)
+    trainer.start_epoch, weights = 7, [w.clone() for w in model.parameters()]
+    torch.nn.init.zeros_(next(model.parameters()))  # differs from the checkpoint's weights
+    weights[0].zero_()
     with pytest.raises(ValueError, match="best weights only"):
         trainer.resume_checkpoint(trainer.saved_model_file)
+    # Refused before anything was loaded: the trainer and the model are as they were.
+    assert trainer.start_epoch == 7
+    assert all(torch.equal(w, v) for w, v in zip(weights, model.parameters(), strict=True))
 
 
 def test_sequential_import_leaves_anomaly_detection_off():

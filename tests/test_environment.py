@@ -47,6 +47,13 @@ def test_a_commit_of_results_alone_leaves_the_code_version(tmp_path):
     assert _git(repo, "rev-parse", "HEAD") != code
     assert code_version.__wrapped__(repo) == code  # HEAD moved; the code did not
     assert git_commit.__wrapped__(repo) == _git(repo, "rev-parse", "HEAD")
+    for path in ("docs/guide.md", "tests/test_model.py", "README.md", ".ci/run"):
+        (repo / path).parent.mkdir(exist_ok=True)
+        (repo / path).write_text("edited\n")
+        assert code_version.__wrapped__(repo) == code, path  # not dirty either
+        _git(repo, "add", ".")
+        _git(repo, *commit, f"edit {path}")
+        assert code_version.__wrapped__(repo) == code, path
 
     (repo / "model.py").write_text("x = 2\n")
     assert code_version.__wrapped__(repo) == f"{code}-dirty"

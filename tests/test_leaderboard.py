@@ -487,3 +487,13 @@ def test_a_commit_that_only_adds_results_leaves_a_row_one_code_version(tmp_path)
     md = md_path.read_text()
     assert "Seeds of B ran on different code versions (x, y)." in md
     assert "- Code: commit `code1`, `x`, `y`." in md
+
+
+def test_train_seconds_count_a_resumed_runs_earlier_sittings(tmp_path):
+    from bench.contract import Timing
+
+    resumed = Timing(train_seconds=10.0, resumed_from_epoch=5, earlier_train_seconds=30.0)
+    write_result(tmp_path, _typed("A", 0, 0.10, timing=Timing(train_seconds=20.0)))
+    write_result(tmp_path, _typed("A", 1, 0.20, timing=resumed))
+    table = pd.read_csv(leaderboard.write(tmp_path, "d")[0]).set_index("model")
+    assert table.loc["A", "train_seconds"] == pytest.approx(30.0)  # (20 + (10 + 30)) / 2

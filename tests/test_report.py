@@ -195,3 +195,51 @@ def test_kl_curves_plot_every_kl_term_and_skip_models_without_one(tmp_path):
     paths = plots.kl_curves(results, tmp_path)
     assert sorted(p.suffix for p in paths) == [".png", ".svg"]
     assert plots.kl_curves(results[2:], tmp_path / "none") is None
+
+
+def test_training_time_counts_a_resumed_runs_earlier_sittings(tmp_path):
+    import dataclasses
+
+    from bench.contract import Timing, write_result
+
+    for result in _synthetic_results(models=(("A", 1.0),)):
+        earlier = 30.0 if result.seed == 1 else 0.0
+        timing = Timing(train_seconds=10.0, total_seconds=12.0, earlier_train_seconds=earlier)
+        write_result(tmp_path, dataclasses.replace(result, timing=timing))
+    text = write_report(tmp_path, "d").read_text()
+    row = next(line for line in text.split("## Training time")[1].splitlines() if "| A |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "25.0 ± 21.2" and cells[-1] == "27.0 ± 21.2"  # fit s, total s
+
+
+def test_cli_pairs_get_their_own_tests_in_the_report(real_runs):
+    runner = CliRunner()
+    args = ["report", "--dataset", "ml-100k", "--results", str(real_runs)]
+    done = runner.invoke(app, [*args, "--pair", "BPR:Pop"])
+    assert done.exit_code == 0, done.output
+    folder = real_runs / "reports" / "ml-100k"
+    text = (folder / "report.md").read_text()
+    section = text.split("## Paired comparisons (ndcg@10)")[1].split("## Training time")[0]
+    assert "| BPR | Pop | ndcg@10 | 943 |" in section and "over the pairs listed" in section
+    assert "[`pairs.csv`](pairs.csv)" in section
+    pairs = pd.read_csv(folder / "pairs.csv")
+    assert set(pairs["role"]) == {"pair"} and set(pairs["test"]) == {"t", "wilcoxon"}
+    # The same comparison as the board's BPR against Pop (the best): the same numbers.
+    sig = pd.read_csv(real_runs / "leaderboard" / "ml-100k.significance.csv")
+    key = ["model", "reference", "metric", "test"]
+    both = pairs.merge(sig[sig["model"] == "BPR"], on=key, suffixes=("", "_board"))
+    assert len(both) == len(pairs) > 0
+    for column in ("mean_diff", "ci_low", "ci_high", "p_value"):
+        assert both[column].to_numpy() == pytest.approx(both[f"{column}_board"].to_numpy())
+    assert "--pair BPR:Pop" in text.split("## Provenance")[1]
+
+    for bad, message in [
+        ("BPR", "expected MODEL:REFERENCE"),
+        ("BPR:Nope", "paired model 'Nope' is unknown"),
+        ("BPR:BPR", "compares a model with itself"),
+    ]:
+        failed = runner.invoke(app, [*args, "--pair", bad])
+        assert isinstance(failed.exception, BenchError) and message in str(failed.exception)
+    assert runner.invoke(app, args).exit_code == 0  # without pairs: no section, no file
+    assert "Paired comparisons" not in (folder / "report.md").read_text()
+    assert not (folder / "pairs.csv").exists()

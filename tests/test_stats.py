@@ -190,3 +190,25 @@ def test_t_test_keeps_its_level_where_wilcoxon_does_not():
     wilcoxon_rate = float(np.mean(tests["wilcoxon_p"] < stats.ALPHA))
     assert 0.03 <= t_rate <= 0.07, t_rate
     assert wilcoxon_rate > 0.5, wilcoxon_rate
+
+
+def test_compare_pairs_tests_the_chosen_pairs_with_holm_over_them():
+    from bench.errors import BenchError
+
+    rng = np.random.default_rng(5)
+    base = pd.DataFrame({"m": rng.random(300)})
+    frames = {
+        "A": base + rng.normal(0.05, 0.05, (300, 1)),
+        "A-ablated": base,
+        "B": base + rng.normal(0.0, 0.05, (300, 1)),
+    }
+    pairs = [("A", "A-ablated"), ("B", "A-ablated")]
+    table = stats.compare_pairs(frames, pairs, ["m"], bootstrap_metrics=["m"])
+    assert set(table["role"]) == {"pair"} and len(table) == 4  # two pairs x two tests
+    t = table[table["test"] == "t"].set_index("model")
+    raw = [stats.paired_tests(frames[m]["m"], frames[r]["m"])["t_p"] for m, r in pairs]
+    assert list(t["p_holm"]) == pytest.approx(list(stats.holm(raw)[1]))
+    assert t.loc["A", "significant"] and not t.loc["B", "significant"]
+    assert (table["ci_method"] == "bootstrap").all()
+    with pytest.raises(BenchError, match="'C'"):
+        stats.compare_pairs(frames, [("A", "C")], ["m"])

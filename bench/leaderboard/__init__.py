@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +72,31 @@ def compute(
     baseline: str | None = None,
     alpha: float = stats.ALPHA,
     test: str = stats.DEFAULT_TEST,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> Board | None:
     """The leaderboard, significance tests and provenance of ``dataset``; None if no results.
 
     ``test`` (``t`` or ``wilcoxon``) decides the significance markers; both are computed.
-    Raises :class:`BenchError` when ``baseline`` names no model with a successful run, or
-    ``test`` is unknown.
+    ``pairs`` (model, reference) are tested too, into ``Board.pair_tests``. Raises
+    :class:`BenchError` when ``baseline`` or a model of ``pairs`` names no model with a
+    successful run (or per-user values), or ``test`` is unknown.
     """
     stats.check_test(test)
     results = load_results(out, dataset)
     if not results:
         return None
     table = build(results)
-    if baseline is not None:
-        ok_models = list(table.loc[table["seeds"] > 0, "model"])
-        if baseline not in ok_models:
+    ok_models = list(table.loc[table["seeds"] > 0, "model"])
+    named = [("baseline", baseline)] if baseline is not None else []
+    named += [("paired model", m) for m in dict.fromkeys(m for pair in pairs for m in pair)]
+    for role, model in named:
+        if model not in ok_models:
             known = ", ".join(sorted(set(table["model"])))
-            why = "has no successful run" if baseline in set(table["model"]) else "is unknown"
-            raise BenchError(
-                f"baseline {baseline!r} {why} for dataset {dataset!r} (models: {known})"
-            )
+            why = "has no successful run" if model in set(table["model"]) else "is unknown"
+            raise BenchError(f"{role} {model!r} {why} for dataset {dataset!r} (models: {known})")
+    for model, reference in pairs:
+        if model == reference:
+            raise BenchError(f"pair {model}:{reference} compares a model with itself")
     primary = primary_metric(results)
     ranked = table[table["seeds"] > 0]
     if primary and f"test_{primary}" in table:
@@ -108,6 +114,9 @@ def compute(
     # cheap and close at these user counts, serves the other metrics.
     bootstrap_metrics = [primary] if primary in metrics else []
     significance = stats.compare(per_user, references, metrics, alpha, bootstrap_metrics)
+    pair_tests = (
+        stats.compare_pairs(per_user, pairs, metrics, alpha, bootstrap_metrics) if pairs else None
+    )
     untested = [m for m in ranked["model"] if m not in per_user]
     board = Board(
         dataset=dataset,
@@ -121,6 +130,7 @@ def compute(
         alpha=alpha,
         untested=untested,
         test=test,
+        pair_tests=pair_tests,
     )
     board.provenance = provenance(board)
     board.provenance["rebuild_command"] = rebuild_command(
@@ -135,12 +145,14 @@ def rebuild_command(
     dataset: str,
     baseline: str | None = None,
     test: str = stats.DEFAULT_TEST,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The ``bench leaderboard`` (or ``bench report``) command that writes this again from the
     runs under ``out``."""
     command = f"bench {verb} --results {out} --dataset {dataset}"
     command += f" --baseline {baseline}" if baseline else ""
-    return command + (f" --test {test}" if test != stats.DEFAULT_TEST else "")
+    command += f" --test {test}" if test != stats.DEFAULT_TEST else ""
+    return command + "".join(f" --pair {model}:{reference}" for model, reference in pairs)
 
 
 def files(out: str | os.PathLike, dataset: str) -> dict[str, Path]:

@@ -36,6 +36,8 @@ class Board:
     alpha: float = stats.ALPHA
     untested: list[str] = field(default_factory=list)  # models without per-user values
     test: str = stats.DEFAULT_TEST  # the test that decides the markers
+    # Tests of chosen (model, reference) pairs (``bench report --pair``): stats.compare_pairs.
+    pair_tests: pd.DataFrame | None = None
 
     @property
     def ok(self) -> list[RunResult]:
@@ -155,7 +157,9 @@ def build(results: list[RunResult]) -> pd.DataFrame:
                 row[f"test_{metric}"] = mean
                 row[f"test_{metric}_std"] = std
             row["best_epoch"] = stats.mean_std(r.best_epoch for r in ok)[0]
-            train = stats.mean_std(r.timing.train_seconds if r.timing else None for r in ok)
+            train = stats.mean_std(
+                r.timing.train_seconds_all_sittings if r.timing else None for r in ok
+            )
             row["train_seconds"], row["train_seconds_std"] = train[0], train[1]
             row["valid_metric"] = ok[0].valid_metric
         else:

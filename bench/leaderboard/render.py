@@ -297,12 +297,17 @@ def _notes(board: Board) -> list[str]:
 
 
 def significance_markdown(
-    board: Board, metrics: list[str] | None = None, csv_ref: str | None = None
+    board: Board,
+    metrics: list[str] | None = None,
+    csv_ref: str | None = None,
+    pairs: bool = False,
 ) -> str:
     """The paired tests of ``metrics`` (default: the primary metric) as a markdown table;
     ``csv_ref`` is the markdown that names the full table (default: the CSV's file name beside
-    the leaderboard, as code)."""
-    sig = board.significance
+    the leaderboard, as code). ``pairs``: the tests of the chosen pairs (``board.pair_tests``)
+    instead of every row against the best and the baseline."""
+    sig = board.pair_tests if pairs and board.pair_tests is not None else board.significance
+    family = "the pairs listed" if pairs else "the models compared with the same reference"
     metrics = metrics or ([board.primary] if board.primary else [])
     level = f"{stats.CONFIDENCE:.0%}"
     interval_methods = "t-interval"
@@ -315,8 +320,8 @@ def significance_markdown(
         "Paired tests on per-user test values: users paired by id (those evaluated for both "
         "models), each user's value averaged over a model's seeds first. Two-sided paired "
         "t-test and Wilcoxon signed-rank test (zero differences dropped); the "
-        f"{TEST_NAMES[board.test]} decides the markers. p-values Holm-adjusted over the models "
-        f"compared with the same reference on the same metric and test; alpha {board.alpha}. "
+        f"{TEST_NAMES[board.test]} decides the markers. p-values Holm-adjusted over {family} "
+        f"on the same metric and test; alpha {board.alpha}. "
         "Differences, intervals and effect sizes are model minus reference: "
         f"{level} CI of the mean difference ({interval_methods}), Cohen's d_z (t-test) and "
         "rank-biserial correlation r (Wilcoxon). "
@@ -350,7 +355,7 @@ def significance_markdown(
         cells.append(
             [
                 model,
-                f"{reference} ({t['role']})",
+                reference if t["role"] == "pair" else f"{reference} ({t['role']})",
                 metric,
                 str(t["n_users"]),
                 f"{t['mean_diff']:+.4f}",
