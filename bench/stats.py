@@ -334,6 +334,34 @@ def _bootstrap_into(to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]])
             row["ci_low"], row["ci_high"], row["ci_method"] = low, high, "bootstrap"
 
 
+def _compare_families(
+    per_user: dict[str, pd.DataFrame],
+    families: list[list[tuple[str, str, str]]],
+    metrics: Sequence[str],
+    alpha: float,
+    bootstrap_metrics: Collection[str],
+) -> pd.DataFrame:
+    """Both tests of every (model, reference, role) of each family on each metric both models
+    have; Holm within each (family, metric, test)."""
+    rows: list[dict[str, Any]] = []
+    # (rows to fill, differences) of the bootstrapped metrics: resampled together at the end.
+    to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]] = []
+    for members in families:
+        for metric in metrics:
+            family: list[dict[str, Any]] = []
+            for model, reference, role in members:
+                if metric not in per_user[model] or metric not in per_user[reference]:
+                    continue
+                a, b = paired_values(per_user[model][metric], per_user[reference][metric])
+                pair = _test_rows(model, reference, role, metric, a, b)
+                family.extend(pair)
+                if metric in bootstrap_metrics:
+                    to_bootstrap.append((pair, a - b))
+            rows.extend(_adjust_family(family, alpha))
+    _bootstrap_into(to_bootstrap)
+    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+
+
 def compare(
     per_user: dict[str, pd.DataFrame],
     references: Sequence[tuple[str, str]],
@@ -349,28 +377,12 @@ def compare(
     mean difference is the percentile bootstrap for ``bootstrap_metrics`` and the t-interval
     for the other metrics.
     """
-    rows: list[dict[str, Any]] = []
-    # (rows to fill, differences) of the bootstrapped metrics: resampled together at the end.
-    to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]] = []
-    for reference, role in references:
-        if reference not in per_user:
-            continue
-        ref_frame = per_user[reference]
-        for metric in metrics:
-            if metric not in ref_frame:
-                continue
-            family: list[dict[str, Any]] = []
-            for model, frame in per_user.items():
-                if model == reference or metric not in frame:
-                    continue
-                a, b = paired_values(frame[metric], ref_frame[metric])
-                pair = _test_rows(model, reference, role, metric, a, b)
-                family.extend(pair)
-                if metric in bootstrap_metrics:
-                    to_bootstrap.append((pair, a - b))
-            rows.extend(_adjust_family(family, alpha))
-    _bootstrap_into(to_bootstrap)
-    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+    families = [
+        [(model, reference, role) for model in per_user if model != reference]
+        for reference, role in references
+        if reference in per_user
+    ]
+    return _compare_families(per_user, families, metrics, alpha, bootstrap_metrics)
 
 
 def compare_pairs(
@@ -388,18 +400,5 @@ def compare_pairs(
     for model in dict.fromkeys(m for pair in pairs for m in pair):
         if model not in per_user:
             raise BenchError(f"no per-user test values for {model!r}: it cannot be paired")
-    rows: list[dict[str, Any]] = []
-    to_bootstrap: list[tuple[list[dict[str, Any]], np.ndarray]] = []
-    for metric in metrics:
-        family: list[dict[str, Any]] = []
-        for model, reference in pairs:
-            if metric not in per_user[model] or metric not in per_user[reference]:
-                continue
-            a, b = paired_values(per_user[model][metric], per_user[reference][metric])
-            pair = _test_rows(model, reference, "pair", metric, a, b)
-            family.extend(pair)
-            if metric in bootstrap_metrics:
-                to_bootstrap.append((pair, a - b))
-        rows.extend(_adjust_family(family, alpha))
-    _bootstrap_into(to_bootstrap)
-    return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+    families = [[(model, reference, "pair") for model, reference in pairs]]
+    return _compare_families(per_user, families, metrics, alpha, bootstrap_metrics)
