@@ -13,6 +13,11 @@ The official code runs unmodified from ``--official-dir`` (see ``OfficialContras
 
     python benchmarks/contrastvae_side_by_side.py --dataset amazon-beauty --data-dir DIR \\
         --official-dir DIR --device cuda --epochs 10 --out results/perf
+
+``--set KEY=VALUE`` changes our side's settings (``--set official=true``: every switch the
+official code's, as the boards' ``ContrastVAE-official`` row). ``--sides official,ours
+--match-epochs`` runs the official side first and ours for as many epochs as it completed (with
+``--side-time-limit 3600``: what the official code trains in an hour, and ours the same).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def run_ours(args: argparse.Namespace) -> list[dict[str, Any]]:
     from recbole.config import Config
     from recbole.utils import init_seed
 
+    from bench.configs import parse_assignments
     from bench.contract import RunOptions
     from bench.preflight import prepare
     from recbole_ext.data import load_dataset, prepare_data
@@ -79,6 +85,7 @@ def run_ours(args: argparse.Namespace) -> list[dict[str, Any]]:
         device=args.device,
         data_dir=args.data_dir,
         cache_dir=Path(args.cache_dir),
+        settings=parse_assignments(args.set),
     )
     prepared = prepare(request)
     config_dict = dict(prepared.config_dict)
@@ -233,16 +240,29 @@ def _f(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _length_text(report: dict[str, Any]) -> str:
+    official = report["sides"].get("official") or []
+    if report.get("match_epochs"):
+        limit = report.get("side_time_limit_s")
+        within = f" within its {limit:g}-second limit" if limit else ""
+        epochs = f"{len(official)} epoch" + ("" if len(official) == 1 else "s")
+        return f"the official code {epochs}{within}, ours as many"
+    return f"{report['epochs']} epochs each"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    settings = report.get("ours_set") or []
+    ours = "`configs/models/ContrastVAE.yaml` (the same README settings)"
+    if settings:
+        ours += " with " + ", ".join(f"`--set {item}`" for item in settings)
     lines = [
         "# ContrastVAE: ours against the official implementation, epoch by epoch",
         "",
         f"Dataset {report['dataset']} (same `Beauty.txt`), device `{m.get('device')}` "
-        f"({m.get('device_name') or m.get('cpu')}), {report['epochs']} epochs each, each side in "
+        f"({m.get('device_name') or m.get('cpu')}), {_length_text(report)}, each side in "
         f"its own process, one after the other. Official code: commit `{report['official_commit']}`"
-        f", run as `{report['official_command']}`. Ours: `configs/models/ContrastVAE.yaml` "
-        "(the same README settings) through the harness. Measured on "
+        f", run as `{report['official_command']}`. Ours: {ours} through the harness. Measured on "
         f"{report['measured_at']}; regenerate with `{report['command']}`.",
         "",
         "Per epoch: training seconds, full validation and full test seconds (every user, every "
@@ -312,8 +332,9 @@ def markdown(report: dict[str, Any]) -> str:
         "- Sampling: both draw one negative per position for the BCE loss; their random streams "
         "differ, so their curves differ by noise even where the models agree.",
         "- Ours uses its principled defaults (`first_branch_mu_plus_sigma: false`, "
-        "`share_encoder_pass: true`, `da_targets: augmented`); the official quirks are options "
-        "of our model (see `configs/models/ContrastVAE.yaml`).",
+        "`share_encoder_pass: true`, `da_targets: augmented`) unless set otherwise above "
+        "(`official: true` turns every one to the official code's); the official quirks are "
+        "options of our model (see `configs/models/ContrastVAE.yaml`).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -334,7 +355,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, default=0, help="smoke runs: batches per epoch")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = PyTorch's default")
-    p.add_argument("--sides", default="ours,official")
+    p.add_argument("--sides", default="ours,official", help="in the order they run")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE for our side (YAML)")
+    p.add_argument(
+        "--match-epochs",
+        action="store_true",
+        help="ours runs as many epochs as the official side (run first) completed",
+    )
     p.add_argument("--side-time-limit", type=float, default=None, help="seconds per side")
     p.add_argument("--cache-dir", default="results/cache/datasets")
     p.add_argument("--out", default="results/perf")
@@ -342,6 +369,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def worker_command(
+    argv: list[str], side: str, worker_out: Path, report: dict[str, Any]
+) -> list[str]:
+    """The command of one side's worker process. With ``--match-epochs``, ours gets as many
+    epochs as the official side completed (argparse keeps the last ``--epochs``)."""
+    cmd = [sys.executable, __file__, *argv, "--worker", side, "--worker-out", str(worker_out)]
+    official = report["sides"].get("official")
+    if side == "ours" and report.get("match_epochs") and official:
+        cmd += ["--epochs", str(len(official))]
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     sides = [s for s in args.sides.split(",") if s]
     if "official" in sides and not args.official_dir:
         sys.exit("--official-dir is needed for the official side")
+    if args.match_epochs and sides != ["official", "ours"]:
+        sys.exit("--match-epochs needs --sides official,ours")
     report: dict[str, Any] = {
         "dataset": args.dataset,
         "epochs": args.epochs,
@@ -368,14 +409,16 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "benchmarks/contrastvae_side_by_side.py", *sys.argv[1:]]),
         "official_commit": _official_commit(args.official_dir) if args.official_dir else None,
         "official_command": "python main.py " + OFFICIAL_BEAUTY_ARGS,
+        "ours_set": list(args.set),
+        "side_time_limit_s": args.side_time_limit,
+        "match_epochs": args.match_epochs,
         "sides": {},
         "errors": {},
     }
     for side in sides:
         with tempfile.TemporaryDirectory() as tmp:
             worker_out = Path(tmp) / f"{side}.json"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", side]
-            cmd += ["--worker-out", str(worker_out)]
+            cmd = worker_command(sys.argv[1:], side, worker_out, report)
             print(f"--- {side}", flush=True)
             try:
                 code = subprocess.run(cmd, check=False, timeout=args.side_time_limit).returncode

@@ -66,6 +66,32 @@ def test_summary_picks_best_validation_epoch_and_ratios(side_by_side, tmp_path):
     saved.write_text(json.dumps(report))
     side_by_side.main(["--from-json", str(saved), "--out", str(tmp_path)])
     assert (tmp_path / "contrastvae_side_by_side.md").read_text() == text
+    assert "3 epochs each" in text and "(the same README settings) through" in text
+
+
+def test_side_by_side_matches_the_official_epochs_with_our_settings(side_by_side, tmp_path):
+    report = {"sides": {}, "match_epochs": True, "side_time_limit_s": 3600.0, "epochs": 400}
+    argv = ["--sides", "official,ours", "--match-epochs", "--set", "official=true"]
+    official = side_by_side.worker_command(argv, "official", tmp_path / "o.json", report)
+    assert official[-4:] == ["--worker", "official", "--worker-out", str(tmp_path / "o.json")]
+    report["sides"]["official"] = [_epoch(n, 4.0, 0.01, 0.02) for n in (1, 2, 3, 4, 5, 6, 7)]
+    ours = side_by_side.worker_command(argv, "ours", tmp_path / "u.json", report)
+    args = side_by_side.parse_args(ours[2:])  # the worker's own parse: the last --epochs wins
+    assert args.worker == "ours" and args.epochs == 7 and args.set == ["official=true"]
+    report["match_epochs"] = False  # without the flag ours keeps --epochs
+    assert "--epochs" not in side_by_side.worker_command(argv, "ours", tmp_path / "u", report)
+
+    report.update(
+        match_epochs=True, dataset="amazon-beauty", machine={"device": "cpu"}, measured_at="now",
+        command="c", official_commit="abc", official_command="python main.py",
+        ours_set=["official=true"], errors={},
+    )  # fmt: skip
+    report["summary"] = side_by_side.summary(report)
+    text = side_by_side.markdown(report)
+    assert "the official code 7 epochs within its 3600-second limit, ours as many" in text
+    assert "with `--set official=true` through the harness" in text
+    with pytest.raises(SystemExit, match="--match-epochs needs"):
+        side_by_side.main(["--match-epochs", "--sides", "ours", "--out", str(tmp_path)])
 
 
 def _run_result(
