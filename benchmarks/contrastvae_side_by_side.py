@@ -304,11 +304,16 @@ def markdown(report: dict[str, Any]) -> str:
     for side in SIDES:
         if side in s:
             x = s[side]
+            peak = (
+                f"; peak {_f(x['train_peak_mib'], 0)} MiB training, "
+                f"{_f(x['eval_peak_mib'], 0)} MiB evaluation"
+                if x["train_peak_mib"] or x["eval_peak_mib"]
+                else ""  # a CPU: no CUDA peak
+            )
             lines.append(
                 f"- {side}: median {x['train_s']:.2f} s per training epoch, {x['valid_s']:.2f} s "
-                f"per full validation, {x['test_s']:.2f} s per full test; peak "
-                f"{_f(x['train_peak_mib'], 0)} MiB training, {_f(x['eval_peak_mib'], 0)} MiB "
-                f"evaluation; best validation NDCG@10 at epoch {x['best_epoch']}: test HR@10 "
+                f"per full validation, {x['test_s']:.2f} s per full test{peak}; best "
+                f"validation NDCG@10 at epoch {x['best_epoch']}: test HR@10 "
                 f"{x['best_test']['hit@10']:.4f}, NDCG@10 {x['best_test']['ndcg@10']:.4f}, HR@20 "
                 f"{x['best_test']['hit@20']:.4f}, NDCG@20 {x['best_test']['ndcg@20']:.4f}."
             )

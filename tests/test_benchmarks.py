@@ -86,10 +86,13 @@ def test_side_by_side_matches_the_official_epochs_with_our_settings(side_by_side
         command="c", official_commit="abc", official_command="python main.py",
         ours_set=["official=true"], errors={},
     )  # fmt: skip
+    for epoch in report["sides"]["official"]:  # measured on a CPU: no CUDA peak
+        epoch["train_peak_mib"] = epoch["eval_peak_mib"] = None
     report["summary"] = side_by_side.summary(report)
     text = side_by_side.markdown(report)
     assert "the official code 7 epochs within its 3600-second limit, ours as many" in text
     assert "with `--set official=true` through the harness" in text
+    assert "MiB" not in text.split("## Summary")[1]  # no CUDA peak on a CPU: none shown
     with pytest.raises(SystemExit, match="--match-epochs needs"):
         side_by_side.main(["--match-epochs", "--sides", "ours", "--out", str(tmp_path)])
 
