@@ -174,6 +174,18 @@ def _links(out: Path, dataset: str, folder: Path) -> dict[str, str]:
     return links
 
 
+def _tests_section(
+    board: leaderboard.Board, title: str, csv_ref: str, all_metrics: list[str], pairs: bool
+) -> list[str]:
+    """A report section of paired tests: the primary metric's, then every metric's, folded."""
+    heading = f"## {title} ({board.primary})" if board.primary else f"## {title}"
+    parts = ["", heading, "", leaderboard.significance_markdown(board, None, csv_ref, pairs)]
+    if len(all_metrics) > 1:
+        folded = leaderboard.significance_markdown(board, all_metrics, csv_ref, pairs)
+        parts += ["", "<details><summary>All metrics</summary>", "", folded, "", "</details>"]
+    return parts
+
+
 def _report_text(board: leaderboard.Board, figure_parts: list[str], links: dict[str, str]) -> str:
     prov: dict[str, Any] = board.provenance
     runs = prov.get("runs", {})
@@ -196,37 +208,11 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str], links: dict[
         "## Leaderboard",
         "",
         leaderboard.table_markdown(board),
-        "",
-        f"## Significance ({board.primary})" if board.primary else "## Significance",
-        "",
-        leaderboard.significance_markdown(board, csv_ref=links["significance"]),
     ]
-    if len(all_metrics) > 1:
-        parts += [
-            "",
-            "<details><summary>All metrics</summary>",
-            "",
-            leaderboard.significance_markdown(board, all_metrics, csv_ref=links["significance"]),
-            "",
-            "</details>",
-        ]
+    parts += _tests_section(board, "Significance", links["significance"], all_metrics, False)
     if board.pair_tests is not None:
         pairs_ref = "[`pairs.csv`](pairs.csv)"
-        parts += [
-            "",
-            f"## Paired comparisons ({board.primary or 'all metrics'})",
-            "",
-            leaderboard.significance_markdown(board, csv_ref=pairs_ref, pairs=True),
-        ]
-        if len(all_metrics) > 1:
-            parts += [
-                "",
-                "<details><summary>All metrics</summary>",
-                "",
-                leaderboard.significance_markdown(board, all_metrics, pairs_ref, pairs=True),
-                "",
-                "</details>",
-            ]
+        parts += _tests_section(board, "Paired comparisons", pairs_ref, all_metrics, True)
     parts += [
         "",
         "## Training time",
