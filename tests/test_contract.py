@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,18 @@ from recbole_ext.data import HarnessSettings, HeldOut
 from recbole_ext.training import EpochRecord
 from tests.helpers import ROOT
 
-COMMITTED = sorted((ROOT / "results" / "runs").glob("*/*/seed-*.json"))
+
+def _committed_results() -> list[Path]:
+    """The results git tracks: a run a developer just made in this checkout (``bench run`` writes
+    into results/runs) is not a committed one."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", "results/runs/*/*/seed-*.json"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return sorted(ROOT / name for name in listed.decode().split("\0") if name)
+
+
+COMMITTED = _committed_results()
 
 
 def test_every_committed_result_loads_and_keeps_its_config_hash():

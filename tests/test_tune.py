@@ -419,3 +419,24 @@ def test_a_stale_record_of_other_parameters_is_not_adopted(tmp_path: Path):
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["interrupted"]
     assert retry.state == optuna.trial.TrialState.WAITING and retry.user_attrs["retry_of"] == 0
     assert lines[0] == "trial 0: left RUNNING by a stopped driver, marked FAIL"
+
+
+def test_a_trial_stopped_before_its_parameters_were_drawn_is_not_queued_again(tmp_path: Path):
+    """The driver dies inside ``study.ask``: the trial exists, RUNNING, with no parameter. It is
+    failed and marked, and nothing is queued (an empty retry would be a fresh trial mislabelled);
+    the next ask draws the trial that takes its place."""
+    import optuna
+
+    from bench.tuning.study import _recover
+
+    study = optuna.create_study(study_name="inside-ask", direction="maximize")
+    study.ask()  # created, no parameter drawn yet
+    lines: list[str] = []
+    _recover(study, tmp_path / "inside-ask", "ndcg@10", lines.append)
+    (killed,) = study.get_trials()
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["interrupted"]
+    assert killed.user_attrs["error"].endswith("a fresh trial takes its place")
+    assert lines == [
+        "trial 0: left RUNNING by a stopped driver, marked FAIL",
+        "trial 0: interrupted before its parameters were drawn",
+    ]

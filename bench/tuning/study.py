@@ -127,7 +127,8 @@ def _mark_interrupted(study: Any, trial: Any, why: str) -> None:
     import optuna
 
     trial.set_user_attr("interrupted", True)
-    trial.set_user_attr("error", f"interrupted: {why}; its parameters are queued again")
+    then = "its parameters are queued again" if trial.params else "a fresh trial takes its place"
+    trial.set_user_attr("error", f"interrupted: {why}; {then}")
     study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
@@ -153,9 +154,15 @@ def _recover(study: Any, study_dir: Path, metric: str, say: Progress) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for frozen in trials:
-        if frozen.user_attrs.get("interrupted") and frozen.number not in retried:
-            study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
-            say(f"trial {frozen.number}: interrupted, its parameters are queued again")
+        if not frozen.user_attrs.get("interrupted") or frozen.number in retried:
+            continue
+        if not frozen.params:
+            # Stopped inside ``ask``, before a parameter was drawn: it never ran, and the
+            # trial the study asks next takes its place.
+            say(f"trial {frozen.number}: interrupted before its parameters were drawn")
+            continue
+        study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+        say(f"trial {frozen.number}: interrupted, its parameters are queued again")
 
 
 # A worker's clock may run behind the driver's (another machine): how much earlier than the trial
