@@ -68,18 +68,28 @@ assert not summary.failed, summary.failed[0].error.traceback
 """
 
 
-def _run(model: str, out: Path, data: Path, kill: tuple[int, int] | None, resume: bool, extra):
+def _start(model: str, out: Path, data: Path, kill: tuple[int, int] | None, resume: bool, extra):
+    """The run in a process of its own (one thread: two at once share a 2-core machine)."""
     script = textwrap.dedent(_RUN)
     kill_epoch, kill_batch = kill or (-1, -1)
     args = [model, str(out), str(data), str(kill_epoch), str(kill_batch), "1" if resume else "0"]
     args.append(json.dumps({**SETTINGS, **extra}))
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
+
+
+def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _result(out: Path, model: str) -> dict:
@@ -107,18 +117,19 @@ def tiny_data(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("model", list(CASES))
 def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Path, tiny_data):
     extra = CASES[model]
-    straight = _run(model, tmp_path / "straight", tiny_data, None, False, extra)
+    out = tmp_path / "killed"
+    # The uninterrupted run and the one killed mid-epoch side by side: separate folders.
+    straight = _start(model, tmp_path / "straight", tiny_data, None, False, extra)
+    killed = _start(model, out, tiny_data, (2, 3), False, extra)
+    straight, killed = _finish(straight), _finish(killed)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = _result(tmp_path / "straight", model)
-
-    out = tmp_path / "killed"
-    killed = _run(model, out, tiny_data, (2, 3), False, extra)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "runs" / "tiny" / model / "seed-0.json").exists()
     (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
     assert (folder / "last.pth").is_file()
 
-    resumed = _run(model, out, tiny_data, None, True, extra)
+    resumed = _finish(_start(model, out, tiny_data, None, True, extra))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = _result(out, model)
     assert result["timing"]["resumed_from_epoch"] == 2  # continued, not started over
