@@ -21,7 +21,7 @@ def _committed_results() -> list[Path]:
     """The results git tracks: a run a developer just made in this checkout (``bench run`` writes
     into results/runs) is not a committed one."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--", "results/runs/*/*/seed-*.json"],
+        ["git", "ls-files", "-z", "--", ":(glob)results/runs/*/*/seed-*.json"],
         cwd=ROOT, capture_output=True, check=True,
     ).stdout  # fmt: skip
     return sorted(ROOT / name for name in listed.decode().split("\0") if name)

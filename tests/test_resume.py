@@ -83,13 +83,19 @@ def _start(model: str, out: Path, data: Path, kill: tuple[int, int] | None, resu
     )
 
 
-def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+def _finish(*processes: subprocess.Popen) -> list[subprocess.CompletedProcess]:
+    """Wait for each; on a timeout or an error none is left running."""
     try:
-        stdout, stderr = process.communicate(timeout=600)
+        outputs = [process.communicate(timeout=600) for process in processes]
     finally:
-        if process.poll() is None:
-            process.kill()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [
+        subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        for process, (stdout, stderr) in zip(processes, outputs, strict=True)
+    ]
 
 
 def _result(out: Path, model: str) -> dict:
@@ -121,7 +127,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Pa
     # The uninterrupted run and the one killed mid-epoch side by side: separate folders.
     straight = _start(model, tmp_path / "straight", tiny_data, None, False, extra)
     killed = _start(model, out, tiny_data, (2, 3), False, extra)
-    straight, killed = _finish(straight), _finish(killed)
+    straight, killed = _finish(straight, killed)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = _result(tmp_path / "straight", model)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -129,7 +135,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Pa
     (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
     assert (folder / "last.pth").is_file()
 
-    resumed = _finish(_start(model, out, tiny_data, None, True, extra))
+    (resumed,) = _finish(_start(model, out, tiny_data, None, True, extra))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = _result(out, model)
     assert result["timing"]["resumed_from_epoch"] == 2  # continued, not started over
