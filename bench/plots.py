@@ -6,6 +6,7 @@ object API on the Agg canvas, so no global backend or pyplot state is touched.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections import defaultdict
@@ -21,42 +22,56 @@ if TYPE_CHECKING:
 FORMATS = ("png", "svg")
 
 
-# Up to this many legend entries sit inside the axes; more go in columns below the plot, and the
-# figure grows by a row of them per LEGEND_COLUMNS entries (30 models inside collapsed the axes).
+# Up to this many legend entries sit inside the axes; more go in columns below the plot (30
+# models inside collapsed the axes), and the figure grows by the legend's measured height.
 LEGEND_INSIDE_MAX = 8
 LEGEND_COLUMNS = 3
-_LEGEND_ROW_INCHES = 0.22
+# Dashes and marker shapes that follow the ten colours, group by group: a marker at every epoch
+# hides a line's dashes, so the marker's shape tells the groups apart as well.
+_STYLE_GROUPS = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
 
 
-def _figure(width: float = 7.0, height: float = 4.5, legend_entries: int = 0) -> Any:
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if legend_entries > LEGEND_INSIDE_MAX:
-        height += 0.4 + _LEGEND_ROW_INCHES * -(-legend_entries // LEGEND_COLUMNS)
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def _line_styles(ax: Any) -> None:
-    """Ten colours, then the same ten dashed, dotted, dash-dotted: 40 lines stay distinguishable."""
+    """Ten colours, then the same ten dashed with squares, dotted with triangles, dash-dotted
+    with diamonds: 40 lines stay distinguishable."""
     from cycler import cycler
     from matplotlib import colormaps
 
     colours = list(colormaps["tab10"].colors)
-    ax.set_prop_cycle(cycler(linestyle=["-", "--", ":", "-."]) * cycler(color=colours))
+    groups = cycler(linestyle=[g[0] for g in _STYLE_GROUPS]) + cycler(
+        marker=[g[1] for g in _STYLE_GROUPS]
+    )
+    ax.set_prop_cycle(groups * cycler(color=colours))
 
 
-def _legend(fig: Any, ax: Any, fontsize: str = "small") -> None:
-    """The axes' legend: inside for a few entries, in columns below the plot for many."""
+def _legend(fig: Any, ax: Any, fontsize: str = "small") -> Any:
+    """The axes' legend: inside for a few entries; for many, below the plot in as many columns
+    (at most LEGEND_COLUMNS) as fit the figure's width, the figure grown to hold them (wider too
+    when one column of long names is wider than the figure)."""
     handles, labels = ax.get_legend_handles_labels()
     if len(labels) <= LEGEND_INSIDE_MAX:
-        ax.legend(handles, labels, fontsize=fontsize)
-    else:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncol=LEGEND_COLUMNS, fontsize=fontsize
+        return ax.legend(handles, labels, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.get_size_inches()
+    for ncol in range(LEGEND_COLUMNS, 0, -1):
+        legend = fig.legend(
+            handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize
         )
+        box = legend.get_window_extent(renderer)
+        if box.width / fig.dpi <= width - 0.2 or ncol == 1:
+            break
+        legend.remove()
+    fig.set_size_inches(max(width, box.width / fig.dpi + 0.3), height + box.height / fig.dpi + 0.2)
+    return legend
 
 
 def save(fig: Any, folder: str | os.PathLike, stem: str) -> list[Path]:
@@ -115,16 +130,15 @@ def learning_curves(
     scores = _epoch_scores(results)
     order = [m for m in (models or sorted(scores)) if m in scores]
     metric = next((r.valid_metric for r in results if r.valid_metric), "score")
-    fig = _figure(legend_entries=len(order))
+    fig = _figure()
     ax = fig.add_subplot()
     _line_styles(ax)
     for model in order:
         by_epoch = scores[model].groupby("epoch")["score"].agg(["mean", "min", "max", "count"])
         epochs = by_epoch.index.to_numpy()  # 0-based, as best_epoch in the tables
         seeds = int(scores[model]["seed"].nunique())
-        (line,) = ax.plot(
-            epochs, by_epoch["mean"], marker="o", markersize=3, label=f"{model} ({seeds} seeds)"
-        )
+        label = f"{model} ({seeds} seed{'s' if seeds != 1 else ''})"
+        (line,) = ax.plot(epochs, by_epoch["mean"], markersize=3, label=label)
         if len(epochs) > 1:
             ax.fill_between(
                 epochs, by_epoch["min"], by_epoch["max"], color=line.get_color(), alpha=0.2
@@ -168,27 +182,51 @@ def kl_curves(
 ) -> list[Path] | None:
     """Each KL term per epoch (mean over seeds, log scale): a term falling towards 0 is
     posterior collapse. None when no run records a KL term."""
+    fig = kl_figure(results, models)
+    return None if fig is None else save(fig, folder, stem)
+
+
+def kl_figure(results: list[RunResult], models: list[str] | None = None) -> Any | None:
+    """The figure of :func:`kl_curves`, unsaved; None when no run records a KL term."""
     terms = _kl_terms(results)
     order = [m for m in (models or sorted(terms)) if m in terms]
     if not order:
         return None
-    entries = sum(terms[model]["term"].nunique() for model in order)
-    fig = _figure(8.0, 5.0, legend_entries=entries)
+    fig = _figure(8.0, 5.0)
     ax = fig.add_subplot()
-    _line_styles(ax)
-    for model in order:
-        frame = terms[model]
-        for term, part in frame.groupby("term"):
+    # One colour per model and one dash per term (kl1 solid, kl2 dashed, ...): a model's branches
+    # read as one family, and 15 curves never share a colour the way a 10-colour cycle makes them.
+    colours = _colours(len(order))
+    names = sorted({term for model in order for term in terms[model]["term"].unique()})
+    styles = itertools.cycle(style for style, _ in _STYLE_GROUPS)
+    dashes = {term: style for term, style in zip(names, styles, strict=False)}
+    for model, colour in zip(order, colours, strict=True):
+        for term, part in terms[model].groupby("term"):
             mean = part.groupby("epoch")["value"].mean()
             seeds = int(part["seed"].nunique())
-            ax.plot(mean.index, mean.to_numpy(), marker=".", label=f"{model} {term} ({seeds})")
+            ax.plot(
+                mean.index,
+                mean.to_numpy(),
+                color=colour,
+                linestyle=dashes[term],
+                marker="o" if len(mean) == 1 else None,  # a single epoch draws no line
+                label=f"{model} {term} ({seeds} seed{'s' if seeds != 1 else ''})",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("epoch (from 0)")
     ax.set_ylabel("KL per position, epoch mean")
     ax.set_title("KL terms per epoch (mean over seeds): collapse shows as a fall towards 0")
     ax.grid(True, alpha=0.3, which="both")
     _legend(fig, ax, fontsize="x-small")
-    return save(fig, folder, stem)
+    return fig
+
+
+def _colours(n: int) -> list[Any]:
+    """``n`` distinct colours: tab10's for up to ten, tab20's for up to twenty, then a cycle."""
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab10" if n <= 10 else "tab20"].colors)
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def metric_bars(
@@ -225,14 +263,14 @@ def metric_at_k(
     ncols = min(2, max(1, len(names)))
     nrows = max(1, -(-len(names) // ncols))
     rows = table[table["seeds"] > 0]
-    fig = _figure(5.0 * ncols, 3.6 * nrows, legend_entries=len(rows))
+    fig = _figure(5.0 * ncols, 3.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, base in zip(axes, names, strict=False):
         _line_styles(ax)
         points = sorted(families[base])
         ks = [k for k, _ in points]
         for _, row in rows.iterrows():
-            ax.plot(ks, [row[c] for _, c in points], marker="o", markersize=3, label=row["model"])
+            ax.plot(ks, [row[c] for _, c in points], markersize=3, label=row["model"])
         ax.set_xticks(ks)
         ax.set_xlabel("K")
         ax.set_ylabel(f"test {base}@K")

@@ -197,6 +197,41 @@ def test_kl_curves_plot_every_kl_term_and_skip_models_without_one(tmp_path):
     assert plots.kl_curves(results[2:], tmp_path / "none") is None
 
 
+def test_kl_curves_give_each_model_one_colour_and_each_term_one_dash():
+    # A ten-colour cycle over 15 curves gave two models the same colour (the converged Beauty
+    # board's ContrastVAE-ce and -dirichlet); now colour is the model and the dash is the term.
+    def run(model):
+        epochs = [{"epoch": i, "loss_terms": {"kl1": 2.0 - i, "kl2": 1.0}} for i in range(2)]
+        return parse_result(
+            {"status": "ok", "dataset": "d", "model": model, "seed": 0, "epochs": epochs}
+        )
+
+    fig = plots.kl_figure([run(f"model-{i}") for i in range(12)])
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 24
+    colour = {}
+    for line in lines:
+        model, term, *_ = line.get_label().split()
+        colour.setdefault(model, set()).add(line.get_color())
+        assert line.get_linestyle() == ("-" if term == "kl1" else "--")
+    assert all(len(c) == 1 for c in colour.values())
+    assert len({next(iter(c)) for c in colour.values()}) == 12
+
+
+def test_a_legend_of_long_names_below_the_plot_stays_inside_the_figure():
+    fig = plots._figure()
+    ax = fig.add_subplot()
+    plots._line_styles(ax)
+    for i in range(12):
+        ax.plot([0, 1], [i, i], label=f"HybridContrastVAE-dirichlet-ce-variant-{i} kl1 (3 seeds)")
+    legend = plots._legend(fig, ax, fontsize="x-small")
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    assert 0 <= box.y0 and box.y1 <= fig.bbox.height
+    assert box.y1 < ax.get_window_extent().y0  # below the axes, not over them
+
+
 def test_training_time_counts_a_resumed_runs_earlier_sittings(tmp_path):
     import dataclasses
 
