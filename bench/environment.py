@@ -30,10 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 _CODE = ("--", ".", ":!results", ":!docs", ":!tests", ":!README.md", ":!.ci")
 
 
-def _git(root: Path, *args: str) -> str:
+def _run(*command: str, cwd: Path | None = None) -> str:
     return subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        command, cwd=cwd, capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def _git(root: Path, *args: str) -> str:
+    return _run("git", *args, cwd=root)
 
 
 def _dirty(root: Path) -> bool:
@@ -71,13 +75,35 @@ def code_version(root: Path = ROOT) -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), or the
+    architecture where neither says (``platform.processor()`` is empty on most Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            return _run("sysctl", "-n", "machdep.cpu.brand_string")
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: Any) -> str:
+    """The GPU's name; for the CPU its model and the vector instructions PyTorch's kernels use
+    there (``AMD EPYC (AVX512)``): the same code on another instruction set sums floats in
+    another order, so a re-run there may differ in the last digits."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def environment(device: Any) -> dict[str, Any]:

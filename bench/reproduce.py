@@ -217,6 +217,13 @@ def reproduce(
         notes.append(f"the data files in {folder} differ from the ones the run read (sha256)")
     with recbole_warnings_silenced():
         again = execute(prepared, command=f"bench reproduce {path}", replay=replay)
+    then, now = (r.environment.device_name if r.environment else None for r in (recorded, again))
+    if then and now and then != now:
+        notes.append(
+            f"recorded on {then}, run again on {now}: kernels for another processor or "
+            "instruction set may sum floats in another order, so metrics can differ in their "
+            "last digits (--tolerance)"
+        )
     if again.config_hash != recorded.config_hash:
         keys = ", ".join(_config_differences(recorded, again))
         notes.append(

@@ -60,3 +60,29 @@ def test_a_commit_of_results_alone_leaves_the_code_version(tmp_path):
     _git(repo, "add", ".")
     _git(repo, *commit, "more code")
     assert code_version.__wrapped__(repo) == _git(repo, "rev-parse", "HEAD")
+
+
+def test_a_cpu_is_named_by_its_model_and_the_instruction_set_torch_uses():
+    import torch
+
+    from bench.environment import cpu_model, device_name
+
+    model = cpu_model()
+    assert model and device_name("cpu").startswith(model)
+    assert device_name("cpu").endswith(f"({torch.backends.cpu.get_cpu_capability()})")
+
+
+def test_the_cpu_model_comes_from_proc_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+
+    from bench import environment
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n")
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert environment.cpu_model() == "AMD EPYC 9B14"
