@@ -101,6 +101,11 @@ def _umask() -> int:
     return current
 
 
+def _seeds(n: int) -> str:
+    """``1 seed``, ``3 seeds``: how many seeds a curve averages, for its legend entry."""
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _epoch_scores(results: list[RunResult]) -> dict[str, pd.DataFrame]:
     """Per model: one row per (seed, epoch) with the validation score."""
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -137,8 +142,9 @@ def learning_curves(
         by_epoch = scores[model].groupby("epoch")["score"].agg(["mean", "min", "max", "count"])
         epochs = by_epoch.index.to_numpy()  # 0-based, as best_epoch in the tables
         seeds = int(scores[model]["seed"].nunique())
-        label = f"{model} ({seeds} seed{'s' if seeds != 1 else ''})"
-        (line,) = ax.plot(epochs, by_epoch["mean"], markersize=3, label=label)
+        (line,) = ax.plot(
+            epochs, by_epoch["mean"], markersize=3, label=f"{model} ({_seeds(seeds)})"
+        )
         if len(epochs) > 1:
             ax.fill_between(
                 epochs, by_epoch["min"], by_epoch["max"], color=line.get_color(), alpha=0.2
@@ -210,7 +216,7 @@ def kl_figure(results: list[RunResult], models: list[str] | None = None) -> Any 
                 color=colour,
                 linestyle=dashes[term],
                 marker="o" if len(mean) == 1 else None,  # a single epoch draws no line
-                label=f"{model} {term} ({seeds} seed{'s' if seeds != 1 else ''})",
+                label=f"{model} {term} ({_seeds(seeds)})",
             )
     ax.set_yscale("log")
     ax.set_xlabel("epoch (from 0)")
