@@ -257,11 +257,18 @@ def reproduce(
         float | None,
         typer.Option(help="Largest absolute difference that counts as a match; default 0 on CPU"),
     ] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Write the re-run's result (epochs, metrics) to this JSON file"),
+    ] = None,
 ) -> None:
     """Run a stored result again from its record; exit 1 if a metric differs."""
+    from bench.contract import write_record
     from bench.reproduce import reproduce as run_again
 
     done = run_again(result, data_dir=data_dir, device=device, tolerance=tolerance)
+    if save is not None:
+        typer.echo(f"re-run's record: {write_record(save, done.again)}")
     for note in done.notes:
         typer.echo(f"note: {note}")
     if not done.again.ok:
@@ -272,11 +279,15 @@ def reproduce(
     how = "exactly" if done.tolerance == 0 else f"within {done.tolerance:g}"
     if done.matched:
         typer.echo(f"reproduced: all {compared} test and validation metrics match {how}")
-        return
-    typer.echo(f"not reproduced: {len(done.differences)} of {compared} metric(s) differ ({how}):")
-    for phase, metric, recorded, again in done.differences:
-        typer.echo(f"  {phase} {metric}: recorded {recorded!r}, reproduced {again!r}")
-    raise typer.Exit(1)
+    else:
+        differ = len(done.differences)
+        typer.echo(f"not reproduced: {differ} of {compared} metric(s) differ ({how}):")
+        for phase, metric, recorded, again in done.differences:
+            typer.echo(f"  {phase} {metric}: recorded {recorded!r}, reproduced {again!r}")
+    if done.first_divergence:
+        typer.echo(f"first difference in the epoch records: {done.first_divergence}")
+    if not done.matched:
+        raise typer.Exit(1)
 
 
 @app.command()

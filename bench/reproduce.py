@@ -66,6 +66,8 @@ class Reproduction:
     tolerance: float
     differences: list[tuple[str, str, float | None, float | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The first epoch whose training loss or validation score differs, said in words.
+    first_divergence: str | None = None
 
     @property
     def matched(self) -> bool:
@@ -182,6 +184,27 @@ def compare(
     return differences
 
 
+def first_divergence(recorded: RunResult, again: RunResult, tolerance: float) -> str | None:
+    """Where two runs' epoch records part first (pre-training, then training): the epoch and
+    the value whose recorded and reproduced figures differ by more than ``tolerance``, or
+    None when every epoch agrees. Says whether a difference in the metrics grew from the first
+    step (another order of float sums) or appeared late (one borderline decision)."""
+    for stage, mine, theirs in (
+        ("pre-training", recorded.pretrain_epochs, again.pretrain_epochs),
+        ("training", recorded.epochs, again.epochs),
+    ):
+        for a, b in zip(mine, theirs, strict=False):
+            for what, x, y in (
+                ("training loss", a.train_loss, b.train_loss),
+                ("validation score", a.valid_score, b.valid_score),
+            ):
+                if not _same(x, y, tolerance):
+                    return f"{stage} epoch {a.epoch}: {what} recorded {x!r}, reproduced {y!r}"
+        if len(mine) != len(theirs):
+            return f"{stage}: {len(mine)} epochs recorded, {len(theirs)} reproduced"
+    return None
+
+
 def _config_differences(recorded: RunResult, again: RunResult) -> list[str]:
     """The keys of what a run computes (placement keys aside) whose values differ."""
     mine, theirs = recorded.config, again.config
@@ -233,4 +256,11 @@ def reproduce(
         )
     if tolerance is None:
         tolerance = CUDA_TOLERANCE if prepared.config_dict["use_gpu"] else 0.0
-    return Reproduction(recorded, again, tolerance, compare(recorded, again, tolerance), notes)
+    return Reproduction(
+        recorded,
+        again,
+        tolerance,
+        compare(recorded, again, tolerance),
+        notes,
+        first_divergence(recorded, again, tolerance),
+    )

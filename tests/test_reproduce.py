@@ -84,6 +84,30 @@ def test_a_differing_metric_is_named_and_exits_1(stored, tmp_path, monkeypatch, 
     assert reproduce(changed, tolerance=1e-9).matched
 
 
+def test_the_first_epoch_that_differs_is_named_and_the_rerun_saved(
+    stored, tmp_path, monkeypatch, capsys
+):
+    """The records agree epoch by epoch (so a match names no divergence); a record whose
+    second epoch's validation score was altered is named at that epoch, though its metrics
+    match, and --save keeps the re-run's record for a closer look."""
+    assert reproduce(stored).first_divergence is None
+    recorded = contract.read_result(stored)
+    epochs = list(recorded.epochs)
+    epochs[1] = dataclasses.replace(epochs[1], valid_score=epochs[1].valid_score + 1e-12)
+    changed = contract.write_result(tmp_path / "out", dataclasses.replace(recorded, epochs=epochs))
+    saved = tmp_path / "again" / "rerun.json"
+    code, out = _main(monkeypatch, capsys, "reproduce", str(changed), "--save", str(saved))
+    assert code in (0, None), out.err  # the metrics themselves still match
+    assert "reproduced: all 24" in out.out
+    assert "first difference in the epoch records: training epoch 1: validation score" in out.out
+    assert f"re-run's record: {saved}" in out.out
+    again = contract.read_result(saved)
+    assert [e.train_loss for e in again.epochs] == [e.train_loss for e in recorded.epochs]
+    assert again.command == f"bench reproduce {changed}"
+    # The saved re-run is a result of its own: it reproduces in turn.
+    assert reproduce(saved).matched
+
+
 def test_a_run_recorded_on_another_processor_says_so(stored, tmp_path):
     # Beauty's branch-1 run, recorded on a Xeon and run again on an AMD EPYC: its 12 test
     # metrics matched, 6 validation ones differed in one user of 22,363.
