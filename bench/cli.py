@@ -197,10 +197,21 @@ def plan(
         typer.Option(help="Skip runs already done: same settings, not cut off by a smaller budget"),
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing")] = False,
+    status: Annotated[
+        bool,
+        typer.Option(
+            help="Show each run's state (finished, unfinished with its checkpoint's epoch and "
+            "patience, not started) under --out; run nothing"
+        ),
+    ] = False,
 ) -> None:
     """Run a plan's runs (as `bench run` would, in parallel or on a Ray cluster); rebuild the
     leaderboards."""
     from bench import plans
+
+    if status:
+        _print_progress(plan_file, out, data_dir, device)
+        return
 
     record = plans.execute(
         plan_file,
@@ -222,6 +233,41 @@ def plan(
     if failed or record.not_started:
         typer.echo(f"{len(failed)} run(s) failed, {len(record.not_started)} not started", err=True)
         raise typer.Exit(1)
+
+
+def _print_progress(plan_file: Path, out: Path, data_dir: Path | None, device: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.progress import plan_progress
+
+    progress = plan_progress(plan_file, out, data_dir, "cpu" if device == "auto" else device)
+    table = Table("dataset", "row", "seed", "state", "epochs", "best valid (epoch)", "patience")
+    for column in ("training h", "ended", "test", "note"):
+        table.add_column(column)
+    for p in progress:
+        limit = f" / {p.epoch_limit}" if p.epoch_limit else ""
+        best = "" if p.best_valid_score is None else f"{p.best_valid_score:.4f} ({p.best_epoch})"
+        row = [p.run.dataset, p.run.label, str(p.run.seed), p.state]
+        row += [f"{p.epochs}{limit}" if p.state != "not started" else "", best]
+        if p.patience and p.epochs < p.warmup:
+            row.append(f"warm-up to {p.warmup}")
+        else:
+            row.append(f"{p.patience[0]} / {p.patience[1]}" if p.patience else "")
+        row.append(f"{p.train_seconds / 3600:.2f}" if p.state != "not started" else "")
+        row.append(p.stop_reason or "")
+        row.append("" if p.test_score is None else f"{p.test_score:.4f}")
+        row.append(p.note or "")
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    counts = {s: sum(p.state == s for p in progress) for s in ("finished", "unfinished")}
+    hours = sum(p.train_seconds for p in progress) / 3600
+    console.print(
+        f"{counts['finished']} of {len(progress)} runs finished, {counts['unfinished']} "
+        f"unfinished, {len(progress) - sum(counts.values())} not started; "
+        f"{hours:.1f} training hours so far (every sitting's, all runs together)"
+    )
 
 
 @app.command()

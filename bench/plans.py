@@ -217,7 +217,7 @@ def granted_budget(wanted_s: float, elapsed_s: float, deadline_s: float, reserve
     return left if wanted_s <= 0 else min(wanted_s, left)
 
 
-def _preflight(
+def preflight_runs(
     runs: list[PlannedRun], device: str, data_dir: Path | None, tree: ConfigTree
 ) -> dict[str, Any]:
     """Every run of the plan through the pre-flight, as its process will ask (at the plan's own
@@ -239,7 +239,7 @@ def _preflight(
     }
 
 
-def _finished(run: PlannedRun, prepared: Any, out: Path) -> bool:
+def is_finished(run: PlannedRun, prepared: Any, out: Path) -> bool:
     """Whether a result exists that this run would only repeat: same settings, and not cut off
     by a smaller budget than this run's (a capped CPU run does not stand in for a GPU run)."""
     from bench.contract import completed
@@ -348,7 +348,7 @@ def execute(
             echo(shlex.join(run.command(run.budget_s, device, out, data, resume)))
         return record
     # With a cluster the driver may have no GPU: the workers check the device.
-    prepared = _preflight(runs, "cpu" if is_cluster(ray_address) else device, data, tree)
+    prepared = preflight_runs(runs, "cpu" if is_cluster(ray_address) else device, data, tree)
     start = time.monotonic()  # the deadline's clock
     queue = list(runs)
     record_path = out / "plans" / f"{plan_path.stem}.json"
@@ -356,7 +356,7 @@ def execute(
         if record_path.exists():
             previous = json.loads(record_path.read_text(encoding="utf-8"))
             record.earlier = [*previous.pop("earlier", []), previous]
-        done = [r for r in queue if _finished(r, prepared[r.key], out)]
+        done = [r for r in queue if is_finished(r, prepared[r.key], out)]
         for run in done:
             echo(f"skipped {run.key}: result exists (--resume)")
         queue = [r for r in queue if r not in done]

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 import pandas as pd
 import pytest
@@ -161,6 +162,56 @@ jobs:
     with pytest.raises(BenchError, match="unknown setting 'hiden_size'.*did you mean hidden_size"):
         plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=print)
     assert not (out / "plans").exists() and not (out / "runs").exists()
+
+
+def test_status_says_which_runs_finished_where_the_others_stand_and_which_wait(
+    tiny_sequences, monkeypatch, capsys
+):
+    from bench import api, cli
+    from bench.progress import plan_progress
+
+    settings = {"embedding_size": 8, "train_batch_size": 16, "threads": 1, "stopping_step": 10}
+    path = write_plan(
+        tiny_sequences,
+        f"""
+jobs:
+  - {{dataset: tiny, models: [BPR], seeds: [0, 1], epochs: 50, set: {json.dumps(settings)}}}
+  - {{dataset: tiny, models: [Pop]}}
+""",
+    )
+    out = tiny_sequences / "out"
+    common = dict(out=out, data_dir=tiny_sequences, device="cpu")
+    before = plan_progress(path, **common)
+    assert [(p.run.label, p.run.seed, p.state) for p in before] == [
+        ("BPR", 0, "not started"),
+        ("BPR", 1, "not started"),
+        ("Pop", 0, "not started"),
+    ]
+    # BPR seed 0 cut by a tiny time budget: its checkpoint is where a --resume continues from.
+    cut = {**settings, "epochs": 50, "time_budget_s": 1e-3}
+    (partial,) = api.run(["BPR"], "tiny", settings=cut, **common).results
+    assert partial.stopped_by_budget
+    api.run(["Pop"], "tiny", **common)
+    bpr0, bpr1, pop = plan_progress(path, **common)
+    assert bpr0.state == "unfinished" and bpr0.epochs == len(partial.epochs) >= 1
+    assert bpr0.epoch_limit == 50 and bpr0.patience[1] == 10
+    assert bpr0.best_valid_score == partial.valid["ndcg@10"] and bpr0.train_seconds > 0
+    assert bpr0.note == "a result that does not count: cut by its time budget"
+    assert bpr1.state == "not started" and bpr1.note is None
+    assert (
+        pop.state == "finished"
+        and pop.test_score
+        == contract.read_result(contract.run_path(out, "tiny", "Pop", 0)).test["ndcg@10"]
+    )
+
+    monkeypatch.setattr(sys, "argv", ["bench", "plan", str(path), "--status", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--data-dir", str(tiny_sequences)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "1 of 3 runs finished, 1 unfinished, 1 not started" in printed
+    assert not (out / "plans").exists()  # nothing was run or recorded
 
 
 def _ctrl_c(_executor, timeout=None):

@@ -1,0 +1,113 @@
+"""A plan's progress across sittings (``bench plan PLAN --status``): which of its runs have
+finished, where each unfinished one stands (from its last checkpoint: epochs, best validation
+score, patience spent, training time) and which have not started. It reads results and
+checkpoints under the plan's ``--out`` folder and runs nothing.
+
+A run counts as finished exactly when ``bench plan --resume`` would skip it; a result that does
+not answer the plan (a run its time budget cut, or one with other settings) is said beside the
+run's state, as is a run with neither result nor checkpoint, which starts from its first epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from bench.configs import ConfigTree
+from bench.contract import RunResult, read_result, run_path
+from bench.plans import PlannedRun, is_finished, load_plan, preflight_runs
+from recbole_ext import run_state
+
+State = Literal["finished", "unfinished", "not started"]
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """One planned run: its state and what is known of it. ``epochs``: run (finished) or
+    finished so far (unfinished); ``patience``: validations without a new best against the
+    run's ``stopping_step`` (unfinished; the count is -1 during a warm-up);
+    ``warmup``: the epochs early stopping waits for (``stopping_warmup_epochs``);
+    ``train_seconds``: every sitting's."""
+
+    run: PlannedRun
+    state: State
+    epochs: int = 0
+    epoch_limit: int | None = None
+    best_epoch: int | None = None
+    best_valid_score: float | None = None
+    patience: tuple[int, int] | None = None
+    warmup: int = 0
+    train_seconds: float = 0.0
+    stop_reason: str | None = None
+    test_score: float | None = None
+    note: str | None = None
+
+
+def _finished(run: PlannedRun, result: RunResult, limit: int | None) -> RunProgress:
+    metric = str(result.config.get("valid_metric", "")).lower()
+    seconds = (result.timing.train_seconds_all_sittings if result.timing else None) or 0.0
+    return RunProgress(
+        run,
+        "finished",
+        epochs=len(result.epochs),
+        epoch_limit=limit,
+        best_epoch=result.best_epoch,
+        best_valid_score=result.valid.get(metric),
+        train_seconds=seconds,
+        stop_reason=result.stop_reason,
+        test_score=result.test.get(metric),
+    )
+
+
+def plan_progress(
+    plan_path: str | os.PathLike,
+    out: str | os.PathLike = "results",
+    data_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    config_tree: ConfigTree | None = None,
+) -> list[RunProgress]:
+    """Every run of the plan at ``plan_path``, in the plan's order, as its results and
+    checkpoints under ``out`` stand now."""
+    from bench.runner import checkpoint_folder  # PyTorch: only here
+
+    tree = config_tree or ConfigTree.default()
+    runs = load_plan(plan_path, tree)
+    out = Path(out)
+    data = Path(data_dir) if data_dir is not None else None
+    prepared = preflight_runs(runs, device, data, tree)
+    progress = []
+    for run in runs:
+        ready = prepared[run.key]
+        limit = ready.config_dict.get("epochs")
+        result = read_result(run_path(out, run.dataset, run.label, run.seed))
+        if is_finished(run, ready, out) and result is not None:
+            progress.append(_finished(run, result, limit))
+            continue
+        note = None
+        if result is not None:
+            why = "cut by its time budget" if result.stopped_by_budget else "other settings"
+            note = f"a result that does not count: {why}"
+        options = replace(ready.options, checkpoint_root=out / "checkpoints")
+        folder = checkpoint_folder(replace(ready, options=options))
+        last = folder / "last.pth" if folder is not None else None
+        if last is None or not last.is_file():
+            progress.append(RunProgress(run, "not started", epoch_limit=limit, note=note))
+            continue
+        where = run_state.summary(last)
+        progress.append(
+            RunProgress(
+                run,
+                "unfinished",
+                epochs=where.epochs,
+                epoch_limit=limit,
+                best_epoch=where.best_epoch,
+                best_valid_score=where.best_valid_score,
+                patience=(where.cur_step, int(ready.config_dict.get("stopping_step") or 0)),
+                warmup=ready.settings.stopping_warmup_epochs,
+                train_seconds=where.elapsed_seconds,
+                note=note,
+            )
+        )
+    return progress
