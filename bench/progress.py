@@ -93,6 +93,11 @@ def plan_progress(
         folder = checkpoint_folder(replace(ready, options=options))
         last = folder / "last.pth" if folder is not None else None
         if last is None or not last.is_file():
+            if folder is not None:
+                others = sorted(f.name for f in folder.parent.glob(f"seed-{run.seed}-*"))
+                if others:  # e.g. written by another code version whose defaults differ
+                    other = f"a checkpoint of other settings: {', '.join(others)}"
+                    note = other if note is None else f"{note}; {other}"
             progress.append(RunProgress(run, "not started", epoch_limit=limit, note=note))
             continue
         where = run_state.summary(last)

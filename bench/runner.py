@@ -38,6 +38,7 @@ from bench.errors import BenchError
 from bench.memory import PeakMemory
 from bench.preflight import PreparedRun
 from recbole_ext.data import HarnessSettings, fold_in, load_dataset, prepare_data
+from recbole_ext.layers.dropout import use_rand_dropout
 from recbole_ext.training import (
     BudgetExhausted,
     EpochCallback,
@@ -216,6 +217,8 @@ def execute(
             )
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model = prepared.spec.cls(config, prepared_data.model_dataset).to(config["device"])
+        if settings.fast_dropout:
+            use_rand_dropout(model)
         if prepared_data.fold_in is not None:
             fold_in(model, prepared_data.fold_in)
         trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook, settings)

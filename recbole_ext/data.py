@@ -452,6 +452,10 @@ class HarnessSettings:
     )
     # RecBole's values bit for bit, but another code path: kept among the keys that make a run.
     fast_evaluation: bool = _setting(True, True, "full ranking as one score matrix per batch")
+    # Same distribution, another random stream: a key that makes a run.
+    fast_dropout: bool = _setting(
+        False, True, "dropout masks from torch.rand on the CPU (recbole_ext.layers.dropout)"
+    )
 
     # The one key models read too (to choose their loss): it stays in RecBole's Config.
     MODEL_KEYS: ClassVar[frozenset[str]] = frozenset({"train_regime"})
@@ -484,6 +488,7 @@ class HarnessSettings:
                 stopping_warmup_epochs=int(given.get("stopping_warmup_epochs", 0)),
                 bucket_by_length=bool(given.get("bucket_by_length", False)),
                 fast_evaluation=given.get("fast_evaluation", True) is not False,
+                fast_dropout=bool(given.get("fast_dropout", False)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"harness setting: {exc}") from exc

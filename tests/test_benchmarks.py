@@ -468,3 +468,20 @@ def test_time_to_convergence_runs_to_the_stopping_rule_and_reports(tiny_sequence
     assert "| SASRec | 1 |" in text and "--reference SASRec=0.5" in text
     with pytest.raises(SystemExit, match="key=value"):
         module.main(["--dataset", "tiny", "--models", "SASRec", "--set", "epochs"])
+
+
+@pytest.mark.slow
+def test_dropout_speed_times_the_op_and_training_steps(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/dropout_speed.py", "--runs", "ml-100k:MultVAE",
+         "--steps", "1", "--rounds", "2", "--repeats", "2", "--warmup", "1",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "dropout_speed.json").read_text())
+    assert len(report["ops"]) == 5 and all(op["pytorch"] > 0 < op["rand"] for op in report["ops"])
+    (steps,) = report["steps"]
+    assert steps["run"] == "ml-100k:MultVAE" and steps["dropout_modules_swapped"] == 1
+    assert len(steps["rounds"]) == 2 and steps["speedup"] > 0
+    assert "| ml-100k:MultVAE | 1 |" in (tmp_path / "dropout_speed.md").read_text()

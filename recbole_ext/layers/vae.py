@@ -90,9 +90,10 @@ class UserHistory(nn.Module):
         return out
 
 
-def normalize_and_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Mult-VAE's input: each row scaled to unit L2 norm, then (inverted) dropout."""
-    return F.dropout(F.normalize(x, dim=1), p=p, training=training)
+def normalize_and_dropout(x: Tensor, dropout: nn.Module) -> Tensor:
+    """Mult-VAE's input: each row scaled to unit L2 norm, then ``dropout`` (a module, so that
+    ``fast_dropout`` can swap it: :mod:`recbole_ext.layers.dropout`)."""
+    return dropout(F.normalize(x, dim=1))
 
 
 def mlp(dims: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:

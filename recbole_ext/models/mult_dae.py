@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
-from torch import Tensor
+from torch import Tensor, nn
 
 from recbole_ext.layers.vae import (
     UserHistory,
@@ -49,12 +49,13 @@ class MultDAE(GeneralRecommender):
         self.history = UserHistory.from_dataset(dataset)
         dims = [self.n_items, *self.hidden_sizes, self.latent_dim]
         self.network = mlp(dims + dims[::-1][1:])
+        self.input_dropout = nn.Dropout(self.dropout_prob)
         init_liang_(self)
         self.last_loss_terms: dict[str, float] = {}
 
     def forward(self, rating_matrix: Tensor) -> Tensor:
         """Rows [B, n_items] -> logits [B, n_items]."""
-        return self.network(normalize_and_dropout(rating_matrix, self.dropout_prob, self.training))
+        return self.network(normalize_and_dropout(rating_matrix, self.input_dropout))
 
     def l2_penalty(self) -> Tensor:
         """(l2_lambda / train_batch_size) * the sum of squared weight matrices."""

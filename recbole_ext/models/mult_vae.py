@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
-from torch import Tensor
+from torch import Tensor, nn
 
 from recbole_ext.layers.vae import (
     UserHistory,
@@ -51,13 +51,14 @@ class MultVAE(GeneralRecommender):
         # One encoder output layer of width 2 * latent (mu, logvar), as in vae_cf.
         self.encoder = mlp([self.n_items, *self.hidden_sizes, 2 * self.latent_dim])
         self.decoder = mlp([self.latent_dim, *self.hidden_sizes[::-1], self.n_items])
+        self.input_dropout = nn.Dropout(self.dropout_prob)
         init_liang_(self)
         # Optimizer steps taken so far; a buffer so that checkpoints resume the schedule.
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
         self.last_loss_terms: dict[str, float] = {}
 
     def encode(self, rating_matrix: Tensor) -> tuple[Tensor, Tensor]:
-        h = normalize_and_dropout(rating_matrix, self.dropout_prob, self.training)
+        h = normalize_and_dropout(rating_matrix, self.input_dropout)
         h = self.encoder(h)
         return h[:, : self.latent_dim], h[:, self.latent_dim :]
 

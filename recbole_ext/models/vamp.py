@@ -62,6 +62,7 @@ class Vamp(GeneralRecommender):
         super().__init__(config, dataset)
         self._read_sizes(config)
         self.dropout_prob = float(config["dropout_prob"])
+        self.input_dropout = nn.Dropout(self.dropout_prob)
         self.likelihood = str(config["likelihood"]).lower()
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}: {self.likelihood}")
@@ -98,7 +99,7 @@ class Vamp(GeneralRecommender):
         self.p_x_out = nn.Linear(h, self.n_items)
 
     def _dropout(self, x: Tensor, active: bool) -> Tensor:
-        return F.dropout(x, self.dropout_prob, training=self.training and active)
+        return self.input_dropout(x) if active else x
 
     def q_z(self, x: Tensor, dropout: bool = True) -> tuple[Tensor, Tensor]:
         """Posterior parameters (mean, clipped logvar) of an already normalised input."""
