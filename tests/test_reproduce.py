@@ -108,6 +108,18 @@ def test_the_first_epoch_that_differs_is_named_and_the_rerun_saved(
     assert reproduce(saved).matched
 
 
+def test_a_record_from_before_fast_dropout_reruns_with_pytorchs_dropout(stored, tmp_path):
+    """A record without the key (made before it existed) is re-run with PyTorch's dropout: the
+    stored run, made with fast_dropout, differs from that re-run from its first epoch on."""
+    recorded = contract.read_result(stored)
+    assert recorded.config["fast_dropout"] is True
+    config = {k: v for k, v in recorded.config.items() if k != "fast_dropout"}
+    older = contract.write_result(tmp_path, dataclasses.replace(recorded, config=config))
+    done = reproduce(older)
+    assert "fast_dropout" not in done.again.config  # as asked: unset, so PyTorch's
+    assert done.first_divergence.startswith("training epoch 0: training loss")
+
+
 def test_a_run_recorded_on_another_processor_says_so(stored, tmp_path):
     # Beauty's branch-1 run, recorded on a Xeon and run again on an AMD EPYC: its 12 test
     # metrics matched, 6 validation ones differed in one user of 22,363.
