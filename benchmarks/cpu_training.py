@@ -12,7 +12,8 @@ wall-clock limit (``--time-limit``) and ``--threads`` PyTorch threads:
   built-in class swapped in where one of ours shadows it; ``train_regime: interactions`` (one
   sample per prefix) for the models that now default to whole sequences; ``bucket_by_length:
   false`` and the training loader unwrapped from ``LengthBucketedBatches`` (every batch keeps
-  ``MAX_ITEM_LIST_LENGTH`` columns); ``fast_evaluation: false`` (RecBole's evaluator).
+  ``MAX_ITEM_LIST_LENGTH`` columns); ``fast_evaluation: false`` (RecBole's evaluator);
+  ``fast_dropout: false`` (PyTorch's dropout, as every row measured before that key existed).
 
 Measured per stage (S3Rec: a pre-training epoch and a fine-tuning epoch):
 
@@ -117,7 +118,11 @@ class Before:
 
 
 # Every "before": no length bucketing, the unwrapped loader (no trimming), RecBole's evaluation.
-BEFORE_SETTINGS: dict[str, Any] = {"bucket_by_length": False, "fast_evaluation": False}
+BEFORE_SETTINGS: dict[str, Any] = {
+    "bucket_by_length": False,
+    "fast_evaluation": False,
+    "fast_dropout": False,
+}
 _PER_PREFIX = {"train_regime": "interactions"}
 BEFORE: dict[str, Before] = {
     "SASRec": Before(settings=_PER_PREFIX),
@@ -635,6 +640,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from bench.memory import PeakMemory
     from bench.preflight import prepare
     from recbole_ext.data import LengthBucketedBatches, fold_in, load_dataset, prepare_data
+    from recbole_ext.layers.dropout import use_rand_dropout
     from recbole_ext.training import recording_trainer
 
     before = job["variant"] == "before"
@@ -688,6 +694,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
                 config = Config(model=cls, dataset=prepared.data_name, config_dict=config_dict)
             init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
             model = cls(config, prepared_data.model_dataset).to(config["device"])
+            if prepared.settings.fast_dropout:  # as bench.runner.execute
+                use_rand_dropout(model)
             if prepared_data.fold_in is not None:
                 fold_in(model, prepared_data.fold_in)
             trainer = recording_trainer(config, model)

@@ -170,6 +170,7 @@ class Ours:
         from bench.contract import RunOptions
         from bench.preflight import prepare
         from recbole_ext.data import load_dataset, prepare_data
+        from recbole_ext.layers.dropout import use_rand_dropout
 
         self.name = model
         self.device = torch.device(args.device)
@@ -196,6 +197,8 @@ class Ours:
         self.train_data, self.valid_data, _ = prepare_data(config, dataset)
         init_seed(config["seed"], config["reproducibility"])
         self.model = prepared.spec.cls(config, self.train_data._dataset).to(self.device)
+        if prepared.settings.fast_dropout:  # as bench.runner.execute
+            use_rand_dropout(self.model)
         # RecBole's trainer with ``learner: adam`` builds exactly this optimizer.
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
