@@ -1,9 +1,9 @@
 """Dropout whose mask is drawn with ``torch.rand`` on the CPU: the harness key ``fast_dropout``.
 
 PyTorch's CPU dropout draws its mask with ``bernoulli_``, one generator call per element: on
-a [768, 50, 64] activation (a SLIME4Rec batch on ml-1m) forward and backward take 24.9 ms on one
-thread of a 2-core AMD EPYC, against 6.8 ms for a mask from ``torch.rand`` (vectorised) compared
-with ``p`` and scaled in place; a SLIME4Rec training step there is 1.23x faster
+a [768, 50, 64] activation (a SLIME4Rec batch on ml-1m) forward and backward take 29.1 ms on one
+thread of a 2-core AMD EPYC, against 7.9 ms for a mask from ``torch.rand`` (vectorised) compared
+with ``p`` and scaled in place; a SLIME4Rec training step there is 1.27x faster
 (``benchmarks/dropout_speed.py``, ``results/perf/dropout_speed.md``). Same distribution (each
 element kept with probability 1 - p, scaled by 1 / (1 - p)); another random stream, so a run
 with it is not the same run as one without (the key changes results). On CUDA, and in eval
