@@ -87,7 +87,12 @@ def plan_progress(
             continue
         note = None
         if result is not None:
-            why = "cut by its time budget" if result.stopped_by_budget else "other settings"
+            if not result.ok:
+                why = "the run failed"
+            elif result.stopped_by_budget:
+                why = "cut by its time budget"
+            else:
+                why = "other settings"
             note = f"a result that does not count: {why}"
         options = replace(ready.options, checkpoint_root=out / "checkpoints")
         folder = checkpoint_folder(replace(ready, options=options))

@@ -37,7 +37,7 @@ from bench.environment import code_version, environment
 from bench.errors import BenchError
 from bench.memory import PeakMemory
 from bench.preflight import PreparedRun
-from recbole_ext.data import HarnessSettings, fold_in, load_dataset, prepare_data
+from recbole_ext.data import HarnessSettings, PreparedData, fold_in, load_dataset, prepare_data
 from recbole_ext.layers.dropout import use_rand_dropout
 from recbole_ext.training import (
     BudgetExhausted,
@@ -135,6 +135,20 @@ def _harness_record(prepared: PreparedRun, settings: HarnessSettings) -> dict[st
     return record
 
 
+def build_model(
+    cls: type, config: Any, prepared_data: PreparedData, settings: HarnessSettings
+) -> Any:
+    """A run's model as every run builds it (the benchmarks too): ``cls`` on the whole
+    training split, on ``config``'s device, its dropout drawn from ``torch.rand`` under
+    ``fast_dropout``, and the held-out users' history folded in under strong generalization."""
+    model = cls(config, prepared_data.model_dataset).to(config["device"])
+    if settings.fast_dropout:
+        use_rand_dropout(model)
+    if prepared_data.fold_in is not None:
+        fold_in(model, prepared_data.fold_in)
+    return model
+
+
 def execute(
     prepared: PreparedRun,
     epoch_callback: EpochCallback | None = None,
@@ -216,11 +230,7 @@ def execute(
                 model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
             )
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        model = prepared.spec.cls(config, prepared_data.model_dataset).to(config["device"])
-        if settings.fast_dropout:
-            use_rand_dropout(model)
-        if prepared_data.fold_in is not None:
-            fold_in(model, prepared_data.fold_in)
+        model = build_model(prepared.spec.cls, config, prepared_data, settings)
         trainer = recording_trainer(config, model, epoch_callback, train_epoch_hook, settings)
         trainer.replay_stop = replay.fit if replay else None
         trainer.saved_model_file = str(checkpoint_dir / "best.pth")

@@ -639,8 +639,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from bench.contract import RunOptions
     from bench.memory import PeakMemory
     from bench.preflight import prepare
-    from recbole_ext.data import LengthBucketedBatches, fold_in, load_dataset, prepare_data
-    from recbole_ext.layers.dropout import use_rand_dropout
+    from bench.runner import build_model
+    from recbole_ext.data import LengthBucketedBatches, load_dataset, prepare_data
     from recbole_ext.training import recording_trainer
 
     before = job["variant"] == "before"
@@ -693,11 +693,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
                 config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
                 config = Config(model=cls, dataset=prepared.data_name, config_dict=config_dict)
             init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-            model = cls(config, prepared_data.model_dataset).to(config["device"])
-            if prepared.settings.fast_dropout:  # as bench.runner.execute
-                use_rand_dropout(model)
-            if prepared_data.fold_in is not None:
-                fold_in(model, prepared_data.fold_in)
+            model = build_model(cls, config, prepared_data, prepared.settings)
             trainer = recording_trainer(config, model)
             trainer.saved_model_file = str(checkpoint_dir / "best.pth")
             # What fit does before its first epoch.

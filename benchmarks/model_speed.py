@@ -207,8 +207,8 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
     compat.apply()
     from bench.contract import RunOptions
     from bench.preflight import prepare
-    from recbole_ext.data import fold_in, load_dataset, prepare_data
-    from recbole_ext.layers.dropout import use_rand_dropout
+    from bench.runner import build_model
+    from recbole_ext.data import load_dataset, prepare_data
     from recbole_ext.training import needs_pretraining, pretrain, recording_trainer
 
     notes: list[str] = []
@@ -246,11 +246,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
             )
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         t1 = time.perf_counter()
-        model = prepared.spec.cls(config, data.model_dataset).to(config["device"])
-        if prepared.settings.fast_dropout:  # as bench.runner.execute
-            use_rand_dropout(model)
-        if data.fold_in is not None:
-            fold_in(model, data.fold_in)
+        model = build_model(prepared.spec.cls, config, data, prepared.settings)
         build_seconds = time.perf_counter() - t1
         trainer = recording_trainer(config, model)
         with warnings.catch_warnings():  # as bench.runner.recbole_warnings_silenced

@@ -198,6 +198,11 @@ jobs:
     assert bpr0.best_valid_score == partial.valid["ndcg@10"] and bpr0.train_seconds > 0
     assert bpr0.note == "a result that does not count: cut by its time budget"
     assert bpr1.state == "not started" and bpr1.note is None
+    failed = dataclasses.replace(partial, seed=1, status="failed")
+    contract.write_result(out, failed)
+    assert plan_progress(path, **common)[1].note == "a result that does not count: the run failed"
+    contract.run_path(out, "tiny", "BPR", 1).unlink()
+    contract.per_user_path(contract.run_path(out, "tiny", "BPR", 1)).unlink(missing_ok=True)
     assert (
         pop.state == "finished"
         and pop.test_score
