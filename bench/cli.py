@@ -249,7 +249,8 @@ def _print_progress(plan_file: Path, out: Path, data_dir: Path | None, device: s
         limit = f" / {p.epoch_limit}" if p.epoch_limit else ""
         best = "" if p.best_valid_score is None else f"{p.best_valid_score:.4f} ({p.best_epoch})"
         row = [p.run.dataset, p.run.label, str(p.run.seed), p.state]
-        row += [f"{p.epochs}{limit}" if p.state != "not started" else "", best]
+        inside = f" + {p.batches_into_epoch} batches" if p.batches_into_epoch else ""
+        row += [f"{p.epochs}{limit}{inside}" if p.state != "not started" else "", best]
         if p.patience and p.epochs < p.warmup:
             row.append(f"warm-up to {p.warmup}")
         else:

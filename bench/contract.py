@@ -72,8 +72,8 @@ class RunOptions:
 
 @dataclass
 class Timing:
-    """Seconds of a run's phases. A resumed run: the epoch this sitting began with and the
-    training time of the sittings before it."""
+    """Seconds of a run's phases. A resumed run: the epoch this sitting began with (and the
+    batch, inside it) and the training time of the sittings before it."""
 
     data_seconds: float | None = None
     train_seconds: float | None = None
@@ -81,6 +81,8 @@ class Timing:
     total_seconds: float | None = None
     resumed_from_epoch: int | None = None
     earlier_train_seconds: float = 0.0
+    # Resumed inside that epoch (``checkpoint_every_s``): the batches it had trained on before.
+    resumed_from_batch: int | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def train_seconds_all_sittings(self) -> float | None:

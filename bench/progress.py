@@ -29,7 +29,8 @@ class RunProgress:
     finished so far (unfinished); ``patience``: validations without a new best against the
     run's ``stopping_step`` (unfinished; the count is -1 during a warm-up);
     ``warmup``: the epochs early stopping waits for (``stopping_warmup_epochs``);
-    ``train_seconds``: every sitting's."""
+    ``train_seconds``: every sitting's; ``batches_into_epoch``: an unfinished run's batches of
+    its next epoch already trained on (a checkpoint taken inside an epoch)."""
 
     run: PlannedRun
     state: State
@@ -43,6 +44,7 @@ class RunProgress:
     stop_reason: str | None = None
     test_score: float | None = None
     note: str | None = None
+    batches_into_epoch: int | None = None
 
 
 def _finished(run: PlannedRun, result: RunResult, limit: int | None) -> RunProgress:
@@ -118,6 +120,7 @@ def plan_progress(
                 warmup=ready.settings.stopping_warmup_epochs,
                 train_seconds=where.elapsed_seconds,
                 note=note,
+                batches_into_epoch=where.batches_into_epoch,
             )
         )
     return progress

@@ -314,6 +314,7 @@ def execute(
             total_seconds=data_seconds + train_seconds + eval_seconds,
             resumed_from_epoch=resumed_from,
             earlier_train_seconds=trainer.elapsed_before,
+            resumed_from_batch=trainer.resumed_from_batch,
         ),
         memory=Memory(train=PhaseMemory(**train_peak), test=PhaseMemory(**test_peak)),
         data=DataInfo(

@@ -444,6 +444,9 @@ class HarnessSettings:
     heldout_users: HeldOut | None = _setting(None, True, "strong generalization")
     time_budget_s: float = _setting(0.0, False, "training seconds before the run stops; 0: none")
     threads: int = _setting(0, False, "PyTorch CPU threads; 0: the run's share of the cores")
+    checkpoint_every_s: float = _setting(
+        0.0, False, "also save a run's state inside an epoch this often (seconds); 0: never"
+    )
     stopping_warmup_epochs: int = _setting(
         0, True, "early-stopping patience counts only from this epoch on"
     )
@@ -485,6 +488,7 @@ class HarnessSettings:
                 heldout_users=HeldOut.from_config(given.get("heldout_users")),
                 time_budget_s=float(given.get("time_budget_s", 0.0)),
                 threads=int(given.get("threads", 0)),
+                checkpoint_every_s=float(given.get("checkpoint_every_s", 0.0)),
                 stopping_warmup_epochs=int(given.get("stopping_warmup_epochs", 0)),
                 bucket_by_length=bool(given.get("bucket_by_length", False)),
                 fast_evaluation=given.get("fast_evaluation", True) is not False,
@@ -496,7 +500,8 @@ class HarnessSettings:
             raise ValueError(
                 f"train_regime must be one of {TRAIN_REGIMES}, not {settings.train_regime!r}"
             )
-        for name in ("train_sample_limit", "eval_user_limit", "threads", "time_budget_s"):
+        non_negative = ("train_sample_limit", "eval_user_limit", "threads", "time_budget_s")
+        for name in (*non_negative, "checkpoint_every_s"):
             if getattr(settings, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(settings, name)}")
         return settings

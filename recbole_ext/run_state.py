@@ -13,6 +13,11 @@ and ends exactly as an uninterrupted run would on the same device:
 - the early-stopping state (``cur_step``, the best score and result), the epoch records and the
   training time spent so far.
 
+With ``checkpoint_every_s`` the trainer also writes it between two batches of an epoch
+(``mid_epoch``: :class:`recbole_ext.training.MidEpoch`), so a stop loses at most that much
+training; such a checkpoint is the state after the epoch before, with the weights, optimizer
+and generators of the moment it was taken.
+
 Everything is stored as tensors and plain values, so ``torch.load(weights_only=True)`` reads it.
 """
 
@@ -168,13 +173,15 @@ def load(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
 class CheckpointSummary:
     """Where an unfinished run stands, from its last checkpoint: the epochs finished, the best
     validation score and its epoch, the validations since (early stopping's count: -1 during
-    a warm-up) and the training seconds of every sitting so far."""
+    a warm-up), the training seconds of every sitting so far and, for a checkpoint taken inside
+    an epoch, the batches of the next epoch already trained on."""
 
     epochs: int
     best_epoch: int | None
     best_valid_score: float
     cur_step: int
     elapsed_seconds: float
+    batches_into_epoch: int | None = None
 
 
 def summary(path: str | os.PathLike) -> CheckpointSummary:
@@ -182,6 +189,7 @@ def summary(path: str | os.PathLike) -> CheckpointSummary:
     (memory-mapped: a Vamp checkpoint on Beauty holds about 300 MiB of them)."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     best = float(state["best_valid_score"])
+    inside = state.get("mid_epoch")
     scores = [r.get("valid_score") for r in state.get("records", [])]
     best_epoch = next(
         (r["epoch"] for r, v in zip(state.get("records", []), scores, strict=True) if v == best),
@@ -193,6 +201,7 @@ def summary(path: str | os.PathLike) -> CheckpointSummary:
         best_valid_score=best,
         cur_step=int(state["cur_step"]),
         elapsed_seconds=float(state.get("elapsed_seconds", 0.0)),
+        batches_into_epoch=None if inside is None else int(inside["batches"]),
     )
 
 

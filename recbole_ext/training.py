@@ -54,34 +54,113 @@ class BudgetExhausted(Exception):
     the last epoch's validation, so the trainer's best checkpoint and result stand."""
 
 
-class _BudgetedBatches:
-    """A training loader that ends its pass at the first batch boundary after ``deadline``
-    (``time.perf_counter()``), or after ``max_batches`` (a replayed cut: :class:`RecordedStop`):
-    one epoch of a large dataset on a CPU can last longer than a whole budget, so the budget is
-    kept within a batch, not within an epoch. Everything else (length, sampler, dataset) is the
-    loader's."""
+class _EpochBatches:
+    """One epoch's pass over a training loader, as RecBole's loop sees it. Everything but the
+    iteration (length, sampler, dataset) is the loader's.
 
-    def __init__(self, loader: Any, deadline: float, max_batches: int | None = None) -> None:
+    - ``deadline`` (``time.perf_counter()``) and ``max_batches`` (a replayed cut:
+      :class:`RecordedStop`) end the pass at the first batch boundary after them: one epoch of a
+      large dataset on a CPU can last longer than a whole budget.
+    - ``skip``: a run resumed inside this epoch draws the batches it trained on before its stop
+      again without yielding them (the loader's order and its collate's draws come out as they
+      did), then ``skipped()`` puts the generators where they were after them.
+    - ``after_batch(n)`` runs once the step on the ``n``-th batch is done, before the next batch
+      is drawn: where a checkpoint inside the epoch is taken.
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        deadline: float = math.inf,
+        max_batches: int | None = None,
+        skip: int = 0,
+        skipped: Callable[[], None] | None = None,
+        after_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._loader = loader
         self._deadline = deadline
         self._max_batches = max_batches
+        self._skip = skip
+        self._skipped = skipped
+        self._after_batch = after_batch
         self.batches = 0
         self.cut = False
 
     def __iter__(self) -> Any:
-        for batch in self._loader:
+        batches = iter(self._loader)
+        for _ in range(self._skip):
+            next(batches)
+        self.batches = self._skip
+        if self._skipped is not None:
+            self._skipped()
+        for batch in batches:
             yield batch
             self.batches += 1
             spent = time.perf_counter() >= self._deadline
             if spent or (self._max_batches is not None and self.batches >= self._max_batches):
                 self.cut = True
                 return
+            if self._after_batch is not None:
+                self._after_batch(self.batches)
 
     def __len__(self) -> int:
         return len(self._loader)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
+
+
+@dataclass(frozen=True)
+class MidEpoch:
+    """Where a run stood inside an unfinished epoch when its last checkpoint was taken: the
+    batches it had trained on, the generators' states at the epoch's start (the loader's order
+    is drawn again from them) and after those batches, and the epoch's sums so far."""
+
+    epoch: int
+    batches: int
+    epoch_start_rng: dict[str, Any]
+    rng: dict[str, Any]
+    loss: float | tuple[float, ...] | None
+    loss_term_sums: dict[str, float]
+    loss_term_steps: int
+    train_seconds: float
+
+    def state(self) -> dict[str, Any]:
+        """As a checkpoint holds it (plain values and tensors)."""
+        values = asdict(self)
+        if isinstance(self.loss, tuple):
+            values["loss"] = list(self.loss)
+        return values
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any]) -> MidEpoch:
+        loss = values["loss"]
+        return cls(**{**values, "loss": tuple(loss) if isinstance(loss, list) else loss})
+
+
+class _EpochLoss:
+    """An epoch's training loss summed as RecBole's loop sums it (``loss.item()`` batch after
+    batch; part by part for a tuple of losses), kept here so that a run resumed inside the epoch
+    continues the same sum and records the value an uninterrupted run would."""
+
+    def __init__(self, total: float | tuple[float, ...] | None = None) -> None:
+        self.total = total
+
+    def counting(self, loss_func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def counted(interaction: Any) -> Any:
+            losses = loss_func(interaction)
+            if isinstance(losses, tuple):
+                parts = tuple(part.item() for part in losses)
+                total = self.total
+                self.total = (
+                    parts if total is None else tuple(map(sum, zip(total, parts, strict=True)))
+                )
+            else:
+                value = losses.item()
+                self.total = value if self.total is None else self.total + value
+            return losses
+
+        return counted
 
 
 @dataclass(frozen=True)
@@ -132,6 +211,15 @@ class _LossTermAccumulator:
 
             model.calculate_loss = calculate_loss
 
+    def partial(self) -> tuple[dict[str, float], int]:
+        """The sums and step count so far (a checkpoint inside an epoch keeps them)."""
+        return dict(self.sums), self.steps
+
+    def restore(self, sums: dict[str, float], steps: int) -> None:
+        self.sums.clear()
+        self.sums.update(sums)
+        self.steps = steps
+
     def pop_means(self) -> dict[str, float]:
         means = {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
         self.sums.clear()
@@ -159,7 +247,9 @@ class RecordingMixin:
     stop_reason: str | None = None  # one of STOP_REASONS once fit returned or the budget ran out
     last_checkpoint: Path | None = None  # where the state after each epoch goes (None: nowhere)
     elapsed_before = 0.0  # training seconds spent in earlier sittings of a resumed run
+    resumed_from_batch: int | None = None  # a run resumed inside an epoch: the batches it skips
     _pending_rng: dict[str, Any] | None = None
+    _mid_epoch: MidEpoch | None = None  # where a run resumed inside an epoch continues
 
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
@@ -224,17 +314,55 @@ class RecordingMixin:
                 raise BudgetExhausted(f"the recorded run's budget stopped it at epoch {epoch_idx}")
             if epoch_idx == replay.epochs - 1:
                 max_batches = replay.last_batches
+        resumed, self._mid_epoch = self._mid_epoch, None
+        if resumed is not None and resumed.epoch != epoch_idx:
+            resumed = None
+        # The epoch's seconds include those it trained before a stop inside it.
+        epoch_started = start - (resumed.train_seconds if resumed else 0.0)
+        # Checkpoints inside the epoch need RecBole's own loop (its loss sum is redone here).
+        inside = self._saves_inside_epochs() and not args and "loss_func" not in kwargs
+        epoch_loss = _EpochLoss(resumed.loss if resumed else None)
         batches = None
-        if (budget or max_batches is not None) and not isinstance(train_data, _BudgetedBatches):
-            deadline = self._training_started + budget if budget else math.inf
-            batches = train_data = _BudgetedBatches(train_data, deadline, max_batches)
+        if not isinstance(train_data, _EpochBatches) and (
+            budget or max_batches is not None or resumed or inside
+        ):
+            loader = train_data
+            epoch_start_rng = run_state.rng_state(loader) if inside else {}
+            last_save = time.perf_counter()
+
+            def skipped() -> None:
+                assert resumed is not None
+                run_state.set_rng_state(resumed.rng, loader)
+
+            def after_batch(done: int) -> None:
+                nonlocal last_save
+                now = time.perf_counter()
+                if now - last_save >= self.settings.checkpoint_every_s:
+                    place = (epoch_idx, done, epoch_start_rng, now - epoch_started)
+                    self._save_inside_epoch(loader, *place, epoch_loss)
+                    last_save = time.perf_counter()
+
+            batches = train_data = _EpochBatches(
+                loader,
+                deadline=self._training_started + budget if budget else math.inf,
+                max_batches=max_batches,
+                skip=resumed.batches if resumed else 0,
+                skipped=skipped if resumed else None,
+                after_batch=after_batch if inside and self.last_checkpoint is not None else None,
+            )
+        if resumed:
+            self._loss_terms.restore(resumed.loss_term_sums, resumed.loss_term_steps)
+        if inside or resumed:
+            kwargs["loss_func"] = epoch_loss.counting(self.model.calculate_loss)  # type: ignore[attr-defined]
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)  # type: ignore[misc]
+        if inside or resumed:
+            loss = epoch_loss.total
         record = self._record(epoch_idx)
         if batches is not None and batches.cut:
             record.cut_after_batches = batches.batches
             self.cut_by_budget = True
             self.stop_reason = "time_budget"
-        record.train_seconds = time.perf_counter() - start
+        record.train_seconds = time.perf_counter() - epoch_started
         record.train_loss = _as_float(loss)
         record.loss_terms = self._loss_terms.pop_means()
         if not math.isfinite(record.train_loss):
@@ -242,6 +370,48 @@ class RecordingMixin:
         if self.train_epoch_hook is not None:
             self.train_epoch_hook(epoch_idx, record)
         return loss
+
+    def _saves_inside_epochs(self) -> bool:
+        """Whether this trainer takes checkpoints inside an epoch: asked for, with somewhere to
+        put them, RecBole's own epoch loop (whose state between batches is known here) and no
+        gradient scaler (its state lives inside that loop)."""
+        if not self.settings.checkpoint_every_s or self.last_checkpoint is None:
+            return False
+        if getattr(self, "enable_scaler", False):
+            return False
+        own = next(
+            cls.__dict__["_train_epoch"]
+            for cls in type(self).__mro__
+            if cls is not RecordingMixin and "_train_epoch" in cls.__dict__
+        )
+        return own is Trainer._train_epoch
+
+    def _save_inside_epoch(
+        self,
+        loader: Any,
+        epoch_idx: int,
+        batches: int,
+        epoch_start_rng: dict[str, Any],
+        seconds: float,
+        epoch_loss: _EpochLoss,
+    ) -> None:
+        """Write the state after ``batches`` batches of epoch ``epoch_idx`` to
+        :attr:`last_checkpoint`: the state after the epoch before, with the weights, optimizer,
+        scalars and generators of now and the epoch's place (:class:`MidEpoch`)."""
+        assert self.last_checkpoint is not None
+        state = run_state.capture(self, loader, epoch_idx - 1, self.training_seconds())
+        sums, steps = self._loss_terms.partial()
+        state["mid_epoch"] = MidEpoch(
+            epoch=epoch_idx,
+            batches=batches,
+            epoch_start_rng=epoch_start_rng,
+            rng=state["rng"],
+            loss=epoch_loss.total,
+            loss_term_sums=sums,
+            loss_term_steps=steps,
+            train_seconds=seconds,
+        ).state()
+        run_state.save(self.last_checkpoint, state)
 
     def _valid_epoch(self, valid_data: Any, show_progress: bool = False) -> Any:
         start = time.perf_counter()
@@ -309,6 +479,12 @@ class RecordingMixin:
         self.epochs_record = [EpochRecord(**r) for r in state.get("records", [])]
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         self._pending_rng = state["rng"]
+        if state.get("mid_epoch") is not None:
+            # Inside an epoch: the loader's order is drawn again from the generators of the
+            # epoch's start; those of the stop are set once its batches are skipped.
+            self._mid_epoch = MidEpoch.from_state(state["mid_epoch"])
+            self._pending_rng = self._mid_epoch.epoch_start_rng
+            self.resumed_from_batch = self._mid_epoch.batches
         return int(self.start_epoch)  # type: ignore[attr-defined]
 
     def _owns_fit(self) -> bool:

@@ -129,15 +129,17 @@ def test_a_record_that_is_not_a_result_is_a_bench_error_naming_the_file(tmp_path
 
 def test_the_hash_leaves_out_the_keys_it_always_left_out():
     """The key set of the config hash is today's: RecBole's placement keys, and the harness's
-    time budget and thread count (declared by their fields: they change no result)."""
-    assert HarnessSettings.placement_keys() == {"time_budget_s", "threads"}
+    time budget, thread count and checkpoint interval (declared by their fields: they change no
+    result)."""
+    assert HarnessSettings.placement_keys() == {"time_budget_s", "threads", "checkpoint_every_s"}
     assert contract.PLACEMENT_KEYS == {
         *("seed", "device", "gpu_id", "use_gpu", "checkpoint_dir", "data_path"),
         *("config_files", "show_progress", "worker", "local_rank", "single_spec", "state"),
-        *("time_budget_s", "threads", "pre_model_path"),
+        *("time_budget_s", "threads", "checkpoint_every_s", "pre_model_path"),
     }
     config = {"learning_rate": 0.1, "train_regime": "users", "bucket_by_length": True}
     placed = {**config, "seed": 3, "threads": 8, "time_budget_s": 60.0, "device": "cuda"}
+    placed["checkpoint_every_s"] = 600.0
     assert contract.config_hash(placed) == contract.config_hash(config)
     assert contract.config_hash({**config, "bucket_by_length": False}) != contract.config_hash(
         config

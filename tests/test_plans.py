@@ -11,9 +11,11 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from bench import configs, contract, executor, plans
 from bench.errors import BenchError
+from recbole_ext import run_state
 from tests.helpers import ROOT
 
 
@@ -209,6 +211,12 @@ jobs:
         == contract.read_result(contract.run_path(out, "tiny", "Pop", 0)).test["ndcg@10"]
     )
 
+    # A checkpoint taken inside an epoch says how far into it the run got.
+    (last,) = (out / "checkpoints" / "tiny" / "BPR").glob("seed-0-*/last.pth")
+    state = torch.load(last, weights_only=True)
+    run_state.save(last, {**state, "mid_epoch": {"epoch": state["epoch"] + 1, "batches": 3}})
+    assert plan_progress(path, **common)[0].batches_into_epoch == 3
+
     monkeypatch.setattr(sys, "argv", ["bench", "plan", str(path), "--status", "--out", str(out)])
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--data-dir", str(tiny_sequences)])
     with pytest.raises(SystemExit) as exit_info:
@@ -216,6 +224,7 @@ jobs:
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "1 of 3 runs finished, 1 unfinished, 1 not started" in printed
+    assert f"{bpr0.epochs} / 50 + 3 batches" in printed
     assert not (out / "plans").exists()  # nothing was run or recorded
 
 

@@ -1,5 +1,6 @@
 """Runs that resume mid-training: a run killed with SIGKILL part-way through an epoch continues
-from its last finished epoch and ends exactly as the uninterrupted run (same seed, CPU)."""
+from its last checkpoint (inside that epoch where ``checkpoint_every_s`` took one, else its last
+finished epoch) and ends exactly as the uninterrupted run (same seed, CPU)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,43 @@ from tests.helpers import ROOT, write_inter
 
 SETTINGS = {"epochs": 4, "stopping_step": 10, "train_batch_size": 16, "threads": 1}
 
-# (model, extra settings): sequential with in-loader negative sampling (NumPy's generator) and
-# length-bucketed batches; a general model on RecBole's own shuffling; a sequential model with
-# dropout (torch's generator) and semantic positives; an autoencoder with two optimizers.
+# A checkpoint after every batch: the killed runs resume inside the epoch they were killed in.
+EVERY_BATCH = {"checkpoint_every_s": 1e-9}
+
+# case: (model, extra settings of the killed run, the batch its resumed run starts from):
+# sequential with in-loader negative sampling (NumPy's generator) and length-bucketed batches,
+# checkpointed at epoch ends only and inside epochs; a general model on RecBole's own shuffling;
+# a sequential model with dropout (torch's generator) and semantic positives; a two-stage model
+# killed in its pre-training; an autoencoder with two optimizers.
 CASES = {
-    "FPMC": {"embedding_size": 8},
-    "BPR": {"embedding_size": 8},
-    "SLIME4Rec": {"hidden_size": 8, "inner_size": 16, "contrast": "us_x"},
-    # RecBole's own trainer with two optimizers (encoder, decoder) and a prior it updates.
+    "FPMC-epochs": ("FPMC", {"embedding_size": 8}, None),
+    "FPMC": ("FPMC", {"embedding_size": 8, **EVERY_BATCH}, 3),
+    "BPR": ("BPR", {"embedding_size": 8, **EVERY_BATCH}, 3),
+    "SLIME4Rec": (
+        "SLIME4Rec",
+        {"hidden_size": 8, "inner_size": 16, "contrast": "us_x", **EVERY_BATCH},
+        3,
+    ),
+    "S3Rec-pretraining": (
+        "S3Rec",
+        {
+            "hidden_size": 8,
+            "inner_size": 16,
+            "pretrain_epochs": 4,
+            "epochs": 2,
+            "train_batch_size": 8,
+        }
+        | EVERY_BATCH,
+        None,  # the fine-tuning stage starts from its own first epoch
+    ),
+    # RecBole's own trainer with two optimizers (encoder, decoder) and a prior it updates: its
+    # epoch loop is its own, so it checkpoints at epoch ends only, whatever it is asked.
     # Its loader batches users (40 here): 8 a batch gives the kill after batch 3 room.
-    "RecVAE": {"hidden_dimension": 8, "latent_dimension": 4, "train_batch_size": 8},
+    "RecVAE": (
+        "RecVAE",
+        {"hidden_dimension": 8, "latent_dimension": 4, "train_batch_size": 8, **EVERY_BATCH},
+        None,
+    ),
 }
 
 _RUN = """
@@ -120,12 +148,14 @@ def tiny_data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", list(CASES))
-def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Path, tiny_data):
-    extra = CASES[model]
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_run_resumes_to_the_uninterrupted_result(case: str, tmp_path: Path, tiny_data):
+    model, extra, resumed_batch = CASES[case]
     out = tmp_path / "killed"
-    # The uninterrupted run and the one killed mid-epoch side by side: separate folders.
-    straight = _start(model, tmp_path / "straight", tiny_data, None, False, extra)
+    # The uninterrupted run (no checkpoints inside epochs: they change nothing it computes) and
+    # the one killed mid-epoch side by side: separate folders.
+    plain = {k: v for k, v in extra.items() if k not in EVERY_BATCH}
+    straight = _start(model, tmp_path / "straight", tiny_data, None, False, plain)
     killed = _start(model, out, tiny_data, (2, 3), False, extra)
     straight, killed = _finish(straight, killed)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -133,13 +163,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(model: str, tmp_path: Pa
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "runs" / "tiny" / model / "seed-0.json").exists()
     (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
-    assert (folder / "last.pth").is_file()
+    last = torch.load(
+        folder / ("pretrain-last.pth" if model == "S3Rec" else "last.pth"), weights_only=True
+    )
+    inside = last.get("mid_epoch")
+    if "checkpoint_every_s" in extra and model != "RecVAE":  # after batch 3 of epoch 2
+        assert (last["epoch"], inside["epoch"], inside["batches"]) == (1, 2, 3)
+    else:
+        assert last["epoch"] == 1 and inside is None
 
     (resumed,) = _finish(_start(model, out, tiny_data, None, True, extra))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = _result(out, model)
-    assert result["timing"]["resumed_from_epoch"] == 2  # continued, not started over
-    assert result["timing"]["earlier_train_seconds"] > 0
+    if model == "S3Rec":  # killed in pre-training: that stage continued, fine-tuning is new
+        assert result["timing"]["resumed_from_epoch"] is None
+        assert _training_record(result) == _training_record(expected)
+        pretraining = [(e["epoch"], e["train_loss"]) for e in result["pretrain_epochs"]]
+        assert pretraining == [(e["epoch"], e["train_loss"]) for e in expected["pretrain_epochs"]]
+    else:
+        assert result["timing"]["resumed_from_epoch"] == 2  # continued, not started over
+        assert result["timing"].get("resumed_from_batch") == resumed_batch
+        assert result["timing"]["earlier_train_seconds"] > 0
     assert _training_record(result) == _training_record(expected)
     assert result["test"] == expected["test"] and result["valid"] == expected["valid"]
     assert result["best_epoch"] == expected["best_epoch"]
@@ -154,7 +198,7 @@ def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
 ):
     from bench import api
 
-    settings = {**SETTINGS, **CASES["BPR"], "epochs": 50, "time_budget_s": 1e-3}
+    settings = {**SETTINGS, "embedding_size": 8, "epochs": 50, "time_budget_s": 1e-3}
     out = tmp_path / "out"
     first = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data, device="cpu")
     (result,) = first.results
@@ -181,12 +225,12 @@ def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
 def test_a_run_without_resume_starts_over(tmp_path: Path, tiny_data):
     from bench import api
 
-    settings = {**SETTINGS, **CASES["BPR"], "epochs": 50, "time_budget_s": 1e-3}
+    settings = {**SETTINGS, "embedding_size": 8, "epochs": 50, "time_budget_s": 1e-3}
     out = tmp_path / "out"
     api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data, device="cpu")
     (folder,) = (out / "checkpoints" / "tiny" / "BPR").iterdir()
     assert (folder / "last.pth").is_file()
-    settings = {**SETTINGS, **CASES["BPR"], "epochs": 1}
+    settings = {**SETTINGS, "embedding_size": 8, "epochs": 1}
     summary = api.run(["BPR"], "tiny", settings=settings, out=out, data_dir=tiny_data)
     (result,) = summary.results
     assert result.timing.resumed_from_epoch is None
