@@ -21,6 +21,11 @@ data_app = typer.Typer(
     help="Bring datasets into RecBole's atomic-file format.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+checkpoints_app = typer.Typer(
+    help="Checkpoint files for a git host: split the large ones into parts, join them back.",
+    no_args_is_help=True,
+)
+app.add_typer(checkpoints_app, name="checkpoints")
 
 # Options several commands share.
 SetOption = Annotated[
@@ -367,6 +372,39 @@ def data_import(
         raise BenchError(f"unknown --format {format!r} (supported: seqtxt)")
     target = import_seqtxt(input, name, out)
     typer.echo(f"wrote {target}")
+
+
+CheckpointsFolder = Annotated[
+    Path, typer.Argument(help="A checkpoints folder, e.g. results/converged/checkpoints")
+]
+
+
+@checkpoints_app.command("split")
+def checkpoints_split(
+    folder: CheckpointsFolder,
+    max_mib: Annotated[float, typer.Option(help="Largest file (and part) in MiB")] = 95.0,
+) -> None:
+    """Replace every file over --max-mib by parts and a manifest (before a git commit)."""
+    from bench.checkpoint_parts import split_large
+
+    if not folder.is_dir():
+        raise BenchError(f"no such folder: {folder}")
+    for manifest in split_large(folder, int(max_mib * 2**20)):
+        mib = manifest.size / 2**20
+        typer.echo(f"split {manifest.name}: {mib:.1f} MiB in {len(manifest.parts)} parts")
+
+
+@checkpoints_app.command("join")
+def checkpoints_join(
+    folder: CheckpointsFolder,
+) -> None:
+    """Put every split file back from its parts, checked against its manifest."""
+    from bench.checkpoint_parts import join_all
+
+    if not folder.is_dir():
+        raise BenchError(f"no such folder: {folder}")
+    for path in join_all(folder):
+        typer.echo(f"joined {path}")
 
 
 def _final_seeds(text: str) -> list[int]:

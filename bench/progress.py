@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from bench.checkpoint_parts import manifest_path
 from bench.configs import ConfigTree
 from bench.contract import RunResult, read_result, run_path
 from bench.plans import PlannedRun, is_finished, load_plan, preflight_runs
@@ -99,6 +100,10 @@ def plan_progress(
         options = replace(ready.options, checkpoint_root=out / "checkpoints")
         folder = checkpoint_folder(replace(ready, options=options))
         last = folder / "last.pth" if folder is not None else None
+        if last is not None and not last.is_file() and manifest_path(last).is_file():
+            split = "checkpoint in parts for a git host: --resume joins them"
+            progress.append(RunProgress(run, "unfinished", epoch_limit=limit, note=split))
+            continue
         if last is None or not last.is_file():
             if folder is not None:
                 others = sorted(f.name for f in folder.parent.glob(f"seed-{run.seed}-*"))

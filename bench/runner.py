@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.checkpoint_parts import join_all
 from bench.contract import (
     DataInfo,
     Environment,
@@ -179,6 +180,8 @@ def execute(
         checkpoint_dir = kept_folder
         if not options.resume:  # a fresh run never continues from an old one's state
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        elif checkpoint_dir.is_dir():  # committed in parts for a git host
+            join_all(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stop_reason = None
     # PyTorch's default pool (a thread per core) oversubscribes a CPU that other runs share.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.checkpoint_parts import split_large
 from tests.helpers import ROOT, write_inter
 
 SETTINGS = {"epochs": 4, "stopping_step": 10, "train_batch_size": 16, "threads": 1}
@@ -211,6 +212,9 @@ def test_budget_cut_run_keeps_its_checkpoint_and_a_larger_budget_continues(
     assert "state_dict" in best and "optimizer" not in best
     assert torch.load(folder / "last.pth", weights_only=True)["optimizers"]
     done = len(result.epochs)
+    # Committed in parts for a git host (bench checkpoints split): --resume joins them.
+    assert split_large(out / "checkpoints", max_bytes=4096)
+    assert not (folder / "last.pth").exists()
 
     more = {**settings, "epochs": done + 2, "time_budget_s": 0}
     second = api.run(
