@@ -244,7 +244,7 @@ def _print_progress(plan_file: Path, out: Path, data_dir: Path | None, device: s
     from rich.console import Console
     from rich.table import Table
 
-    from bench.progress import plan_progress
+    from bench.progress import plan_progress, remaining
 
     progress = plan_progress(plan_file, out, data_dir, "cpu" if device == "auto" else device)
     table = Table("dataset", "row", "seed", "state", "epochs", "best valid (epoch)", "patience")
@@ -273,6 +273,14 @@ def _print_progress(plan_file: Path, out: Path, data_dir: Path | None, device: s
         f"{counts['finished']} of {len(progress)} runs finished, {counts['unfinished']} "
         f"unfinished, {len(progress) - sum(counts.values())} not started; "
         f"{hours:.1f} training hours so far (every sitting's, all runs together)"
+    )
+    left = remaining(progress)
+    console.print(
+        "Still to go, from the runs' own records (hours of one thread each): the unfinished "
+        f"runs {left.unfinished_min_h:.1f} (no new best from now) to {left.unfinished_max_h:.1f} "
+        f"(their epoch limits); {left.not_started_runs} not-started runs of rows with finished "
+        f"ones about {left.not_started_h:.1f} (their rows' mean); {left.unmeasured} others not "
+        "measured yet"
     )
 
 

@@ -129,3 +129,54 @@ def plan_progress(
             )
         )
     return progress
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """Training hours a plan still needs, from its runs' own records (core-hours when each run
+    holds one thread). Unfinished runs: at their own seconds an epoch, from the fewest epochs
+    left (no new best from now: the patience left, after any warm-up) to the most (their epoch
+    limit). Not-started runs of a row (dataset and label) with finished runs: the mean training
+    time of those. The rest have no measurement (``unmeasured``)."""
+
+    unfinished_min_h: float = 0.0
+    unfinished_max_h: float = 0.0
+    not_started_h: float = 0.0
+    not_started_runs: int = 0
+    unmeasured: int = 0
+
+
+def _epochs_left(p: RunProgress) -> tuple[int, int]:
+    """(fewest, most) epochs an unfinished run has left, with a validation every epoch.
+
+    RecBole stops once ``cur_step`` passes ``stopping_step``; during a warm-up ``cur_step`` is
+    held at 0 until epoch ``warmup`` (1-based) starts the count."""
+    most = max((p.epoch_limit or p.epochs) - p.epochs, 0)
+    if p.patience is None:
+        return most, most
+    cur_step, stopping_step = p.patience
+    fewest = max(p.warmup - 1 - p.epochs, 0) + stopping_step + 1 - max(cur_step, 0)
+    return min(max(fewest, 0), most), most
+
+
+def remaining(progress: list[RunProgress]) -> Remaining:
+    """The :class:`Remaining` of a plan's :func:`plan_progress`."""
+    min_s = max_s = not_started_s = 0.0
+    not_started = unmeasured = 0
+    finished: dict[tuple[str, str], list[float]] = {}
+    for p in progress:
+        if p.state == "finished":
+            finished.setdefault((p.run.dataset, p.run.label), []).append(p.train_seconds)
+    for p in progress:
+        if p.state == "unfinished" and p.epochs > 0:
+            per_epoch = p.train_seconds / p.epochs
+            fewest, most = _epochs_left(p)
+            min_s += fewest * per_epoch
+            max_s += most * per_epoch
+        elif p.state == "not started" and (p.run.dataset, p.run.label) in finished:
+            seconds = finished[(p.run.dataset, p.run.label)]
+            not_started_s += sum(seconds) / len(seconds)
+            not_started += 1
+        elif p.state != "finished":
+            unmeasured += 1
+    return Remaining(min_s / 3600, max_s / 3600, not_started_s / 3600, not_started, unmeasured)

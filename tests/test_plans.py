@@ -224,6 +224,7 @@ jobs:
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "1 of 3 runs finished, 1 unfinished, 1 not started" in printed
+    assert "1 others not measured yet" in printed  # BPR seed 1: its row has no finished run
     assert f"{bpr0.epochs} / 50 + 3 batches" in printed
     assert not (out / "plans").exists()  # nothing was run or recorded
 
@@ -289,3 +290,42 @@ def test_shipped_plans_name_known_models_and_datasets(plan):
     labels = {run.label for run in runs}
     for baseline in plans.load_baselines(plan).values():
         assert baseline in labels or registry.get(baseline)
+
+
+def test_what_is_left_is_estimated_from_the_runs_own_seconds():
+    from bench.progress import RunProgress, remaining
+
+    def run(label: str, seed: int) -> plans.PlannedRun:
+        return plans.PlannedRun("beauty", label, seed, 0.0)
+
+    hour = 3600.0
+    progress = [
+        RunProgress(run("A", 0), "finished", epochs=43, train_seconds=2 * hour),
+        RunProgress(run("A", 1), "finished", epochs=50, train_seconds=4 * hour),
+        # Inside its warm-up (to epoch 23, patience 20): at least 22 - 10 + 21 = 33 epochs more.
+        RunProgress(
+            run("A", 2),
+            "unfinished",
+            epochs=10,
+            epoch_limit=400,
+            patience=(0, 20),
+            warmup=23,
+            train_seconds=10 * 360.0,
+        ),
+        RunProgress(run("A", 3), "not started"),
+        # After its warm-up with 5 validations spent: 16 more at least, capped by the limit.
+        RunProgress(
+            run("B", 0),
+            "unfinished",
+            epochs=90,
+            epoch_limit=100,
+            patience=(5, 20),
+            warmup=23,
+            train_seconds=90 * 36.0,
+        ),
+        RunProgress(run("C", 0), "not started"),
+    ]
+    left = remaining(progress)
+    assert left.unfinished_min_h == pytest.approx((33 * 360 + 10 * 36) / hour)
+    assert left.unfinished_max_h == pytest.approx((390 * 360 + 10 * 36) / hour)
+    assert (left.not_started_runs, left.not_started_h, left.unmeasured) == (1, 3.0, 1)
