@@ -373,9 +373,12 @@ class RecordingMixin:
 
     def _saves_inside_epochs(self) -> bool:
         """Whether this trainer takes checkpoints inside an epoch: asked for, with somewhere to
-        put them, RecBole's own epoch loop (whose state between batches is known here) and no
-        gradient scaler (its state lives inside that loop)."""
+        put them, RecBole's own epoch loop (whose state between batches is known here) inside
+        the fit loop here (which restores the generators of a resumed run), and no gradient
+        scaler (its state lives inside RecBole's epoch loop)."""
         if not self.settings.checkpoint_every_s or self.last_checkpoint is None:
+            return False
+        if not self._owns_fit():
             return False
         if getattr(self, "enable_scaler", False):
             return False
