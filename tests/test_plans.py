@@ -295,35 +295,24 @@ def test_shipped_plans_name_known_models_and_datasets(plan):
 def test_what_is_left_is_estimated_from_the_runs_own_seconds():
     from bench.progress import RunProgress, remaining
 
-    def run(label: str, seed: int) -> plans.PlannedRun:
-        return plans.PlannedRun("beauty", label, seed, 0.0)
+    def run(label: str, seed: int, state: str = "not started", **known) -> RunProgress:
+        return RunProgress(plans.PlannedRun("beauty", label, seed, 0.0), state, **known)
+
+    def unfinished(label: str, epochs: int, limit: int, spent: int, seconds: float):
+        # Warm-up to epoch 23, patience 20, ``seconds`` an epoch.
+        known = dict(epoch_limit=limit, patience=(spent, 20), warmup=23)
+        return run(label, 0, "unfinished", epochs=epochs, train_seconds=epochs * seconds, **known)
 
     hour = 3600.0
     progress = [
-        RunProgress(run("A", 0), "finished", epochs=43, train_seconds=2 * hour),
-        RunProgress(run("A", 1), "finished", epochs=50, train_seconds=4 * hour),
-        # Inside its warm-up (to epoch 23, patience 20): at least 22 - 10 + 21 = 33 epochs more.
-        RunProgress(
-            run("A", 2),
-            "unfinished",
-            epochs=10,
-            epoch_limit=400,
-            patience=(0, 20),
-            warmup=23,
-            train_seconds=10 * 360.0,
-        ),
-        RunProgress(run("A", 3), "not started"),
+        run("A", 0, "finished", epochs=43, train_seconds=2 * hour),
+        run("A", 1, "finished", epochs=50, train_seconds=4 * hour),
+        # Inside its warm-up: at least 22 - 10 + 21 = 33 epochs more.
+        unfinished("A", epochs=10, limit=400, spent=0, seconds=360.0),
+        run("A", 3),
         # After its warm-up with 5 validations spent: 16 more at least, capped by the limit.
-        RunProgress(
-            run("B", 0),
-            "unfinished",
-            epochs=90,
-            epoch_limit=100,
-            patience=(5, 20),
-            warmup=23,
-            train_seconds=90 * 36.0,
-        ),
-        RunProgress(run("C", 0), "not started"),
+        unfinished("B", epochs=90, limit=100, spent=5, seconds=36.0),
+        run("C", 0),
     ]
     left = remaining(progress)
     assert left.unfinished_min_h == pytest.approx((33 * 360 + 10 * 36) / hour)
