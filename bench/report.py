@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import leaderboard, plots, stats
-from bench.contract import Timing
+from bench.contract import RunResult, Timing
 from bench.errors import BenchError
 from bench.io import write_text
+from bench.leaderboard.board import bigger_is_better
 from bench.leaderboard.render import markdown_table
 
 
@@ -74,6 +75,54 @@ def _timing_markdown(board: leaderboard.Board) -> str:
             ]
         )
     table = markdown_table(header, rows, [False] + [True] * (len(header) - 1))
+    return "\n".join([intro, "", *table])
+
+
+def trend_after_best(result: RunResult, bigger: bool = True) -> float | None:
+    """How the validation metric moved after a run's best epoch, up to its last: the
+    least-squares slope over those validations, per 10 epochs, as a fraction of the best value
+    (negative when it fell, as the stopping rule expects; positive when the run was still rising
+    through noise when its patience ran out). None without three validations after the best.
+    ``bigger``: whether a larger value of the metric is better."""
+    import numpy as np
+
+    validated = [(e.epoch, e.valid_score) for e in result.epochs if e.valid_score is not None]
+    if result.best_epoch is None or not validated:
+        return None
+    after = [(epoch, score) for epoch, score in validated if epoch > result.best_epoch]
+    best = dict(validated).get(result.best_epoch)
+    if len(after) < 3 or not best:
+        return None
+    epochs, scores = (np.array(v, dtype=float) for v in zip(*after, strict=True))
+    slope = float(np.polyfit(epochs, scores, 1)[0]) * 10 / abs(best)
+    return slope if bigger else -slope
+
+
+def _stopping_markdown(board: leaderboard.Board) -> str | None:
+    """Per model whose runs ended by early stopping: how the validation metric moved after the
+    best epoch (:func:`trend_after_best`). None when no run ended that way."""
+    rows = []
+    for model in board.table["model"]:
+        stopped = [r for r in board.ok if r.model == model and r.stop_reason == "early_stopping"]
+        trends = [trend_after_best(r, bigger_is_better(r.valid_metric or "")) for r in stopped]
+        trends = [t for t in trends if t is not None]
+        if not trends:
+            continue
+        per_run = ", ".join(f"{100 * t:+.1f}" for t in trends)
+        rising = sum(t > 0 for t in trends)
+        rows.append([str(model), str(len(stopped)), per_run, f"{rising} of {len(trends)}"])
+    if not rows:
+        return None
+    intro = (
+        "Runs that ended by early stopping: the least-squares slope of the validation metric "
+        "over the epochs after each run's best one, per 10 epochs, in % of the best value. "
+        "Negative: it fell after its best, as the stopping rule assumes; positive: it was still "
+        "rising through epoch-to-epoch noise when the patience ran out, so a longer patience "
+        "might have found a higher best."
+    )
+    header = ["model", "runs stopped early", "trend after the best (%/10 epochs, each run)"]
+    header.append("rising")
+    table = markdown_table(header, rows, [False, True, False, True])
     return "\n".join([intro, "", *table])
 
 
@@ -219,6 +268,11 @@ def _report_text(board: leaderboard.Board, figure_parts: list[str], links: dict[
         "",
         _timing_markdown(board),
         "",
+    ]
+    stopping = _stopping_markdown(board)
+    if stopping is not None:
+        parts += ["## How early stopping ended the runs", "", stopping, ""]
+    parts += [
         "## Figures",
         "",
         "\n\n".join(figure_parts),

@@ -278,3 +278,38 @@ def test_cli_pairs_get_their_own_tests_in_the_report(real_runs):
     assert runner.invoke(app, args).exit_code == 0  # without pairs: no section, no file
     assert "Paired comparisons" not in (folder / "report.md").read_text()
     assert not (folder / "pairs.csv").exists()
+
+
+def test_the_report_says_how_the_metric_moved_after_each_early_stopped_runs_best(tmp_path):
+    import dataclasses
+
+    from bench.contract import write_result
+    from bench.report import trend_after_best
+
+    def run(model: str, seed: int, scores: list[float]):
+        (base,) = [r for r in _synthetic_results(models=((model, 1.0),)) if r.seed == 0]
+        epochs = [
+            dataclasses.replace(base.epochs[0], epoch=e, valid_score=v)
+            for e, v in enumerate(scores)
+        ]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return dataclasses.replace(
+            base, seed=seed, epochs=epochs, best_epoch=best, stop_reason="early_stopping"
+        )
+
+    # Best 0.5 at epoch 1, then a fall of 0.01 an epoch: -0.1 per 10 epochs, -20% of the best.
+    falling = run("A", 0, [0.3, 0.5, 0.45, 0.44, 0.43, 0.42])
+    assert trend_after_best(falling) == pytest.approx(-0.2)
+    # A rise through noise after an early peak: the run was still improving when it stopped.
+    rising = run("A", 1, [0.2, 0.4, 0.30, 0.32, 0.31, 0.33, 0.35])
+    assert trend_after_best(rising) > 0
+    assert trend_after_best(run("A", 2, [0.1, 0.2, 0.15])) is None  # too few after the best
+    assert trend_after_best(falling, bigger=False) == pytest.approx(0.2)  # e.g. a loss
+    for result in (falling, rising):
+        write_result(tmp_path, result)
+    write_result(tmp_path, dataclasses.replace(run("B", 0, [0.1, 0.2]), stop_reason="epoch_limit"))
+    text = write_report(tmp_path, "d").read_text()
+    section = text.split("## How early stopping ended the runs")[1].split("##")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| A |"))
+    assert "-20.0" in row and "1 of 2" in row
+    assert "| B |" not in section  # ran to its epoch limit
