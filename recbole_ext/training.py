@@ -88,8 +88,12 @@ class _EpochBatches:
 
     def __iter__(self) -> Any:
         batches = iter(self._loader)
-        for _ in range(self._skip):
-            next(batches)
+        for skipped in range(self._skip):
+            if next(batches, None) is None:
+                raise RuntimeError(
+                    f"the checkpoint was taken after batch {self._skip} of this epoch, but the "
+                    f"training data has {skipped} batches now: resume with the data it ran on"
+                )
         self.batches = self._skip
         if self._skipped is not None:
             self._skipped()
