@@ -459,6 +459,10 @@ def pool_gpus(workers: int, gpus_per_run: float | None, visible: int) -> list[in
     return [w % visible for w in range(min(workers, visible * per_gpu))]
 
 
+# How long a stopped run may take to finish its batch and save its state before it is killed.
+STOP_GRACE_S = 30.0
+
+
 def _exit_with(parent: int) -> None:
     """End this worker once its driver is gone (killed with SIGKILL: nobody stops us)."""
     while os.getppid() == parent:
@@ -536,11 +540,11 @@ class PoolExecutor(Executor):
         except (BrokenPipeError, OSError):  # died since: _collect reports it lost
             pass
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: _Worker, grace_s: float = 5.0) -> None:
         with contextlib.suppress(OSError):
             worker.conn.close()
         if worker.process is not None:
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=grace_s)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(timeout=5)
@@ -574,10 +578,14 @@ class PoolExecutor(Executor):
         return finished
 
     def _stop_all(self) -> None:
+        # SIGTERM lets a run finish its batch and save its state there (recbole_ext.training):
+        # all are asked first, then each gets up to STOP_GRACE_S before it is killed.
+        stopping = [w for w in self._workers if w.request is not None and w.process is not None]
+        for worker in stopping:
+            worker.process.terminate()
+        for worker in stopping:
+            self._retire(worker, STOP_GRACE_S)
         for worker in self._workers:
-            if worker.request is not None and worker.process is not None:
-                worker.process.terminate()
-                self._retire(worker)
             worker.request = None
 
     def close(self) -> None:
@@ -589,7 +597,7 @@ class PoolExecutor(Executor):
                     worker.conn.send(None)
             else:
                 worker.process.terminate()
-            self._retire(worker)
+            self._retire(worker, STOP_GRACE_S)
             worker.request = None
 
 

@@ -17,12 +17,16 @@ from RecBole's config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
+import os
+import signal
+import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +171,39 @@ class _EpochLoss:
         return counted
 
 
+class _StopOnSigterm:
+    """While a resumable run trains in a process's main thread whose SIGTERM does the default
+    (ends the process at once: a pool worker, a ``bench run`` of its own), a SIGTERM instead asks
+    the run to stop at the next batch boundary: it saves its state there and then ends by the
+    same signal, so whoever sent it sees the exit it expects and the run loses nothing. Where
+    SIGTERM has a handler already (a plan's own, Ray's) or off the main thread, nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> _StopOnSigterm:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._request)
+            self._installed = True
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._installed = False
+
+    def end_process(self) -> None:
+        """End this process by the SIGTERM it was sent (the state is saved)."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass(frozen=True)
 class RecordedStop:
     """Where a recorded run's time budget ended a training stage: before epoch ``epochs``
@@ -254,6 +291,7 @@ class RecordingMixin:
     resumed_from_batch: int | None = None  # a run resumed inside an epoch: the batches it skips
     _pending_rng: dict[str, Any] | None = None
     _mid_epoch: MidEpoch | None = None  # where a run resumed inside an epoch continues
+    _sigterm: _StopOnSigterm | None = None  # set while a SIGTERM stops at a batch boundary
 
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
@@ -341,10 +379,12 @@ class RecordingMixin:
             def after_batch(done: int) -> None:
                 nonlocal last_save
                 now = time.perf_counter()
-                if now - last_save >= self.settings.checkpoint_every_s:
+                stopping = self._sigterm is not None and self._sigterm.requested
+                if stopping or now - last_save >= self.settings.checkpoint_every_s:
                     place = (epoch_idx, done, epoch_start_rng, now - epoch_started)
                     self._save_inside_epoch(loader, *place, epoch_loss)
                     last_save = time.perf_counter()
+                self.end_if_stop_requested()
 
             batches = train_data = _EpochBatches(
                 loader,
@@ -392,6 +432,25 @@ class RecordingMixin:
             if cls is not RecordingMixin and "_train_epoch" in cls.__dict__
         )
         return own is Trainer._train_epoch
+
+    @contextlib.contextmanager
+    def sigterm_stops_at_a_batch(self) -> Iterator[None]:
+        """Within: a SIGTERM stops training at the next batch boundary, with the state saved
+        there (:class:`_StopOnSigterm`), where this trainer takes checkpoints inside epochs."""
+        if not self._saves_inside_epochs():
+            yield
+            return
+        with _StopOnSigterm() as stop:
+            self._sigterm = stop
+            try:
+                yield
+            finally:
+                self._sigterm = None
+
+    def end_if_stop_requested(self) -> None:
+        """End the process if a SIGTERM asked for it (call where the state is saved)."""
+        if self._sigterm is not None and self._sigterm.requested:
+            self._sigterm.end_process()
 
     def _save_inside_epoch(
         self,
@@ -526,35 +585,37 @@ class RecordingMixin:
             run_state.set_rng_state(self._pending_rng, train_data)
             self._pending_rng = None
         self.stop_reason = "epoch_limit"
-        for epoch_idx in range(self.start_epoch, self.epochs):  # type: ignore[attr-defined]
-            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
-            self.train_loss_dict[epoch_idx] = _as_float(train_loss)  # type: ignore[attr-defined]
-            stop = False
-            if self.eval_step <= 0 or not valid_data:  # type: ignore[attr-defined]
-                if saved:
-                    self._save_checkpoint(epoch_idx, verbose=False)  # type: ignore[attr-defined]
-            elif (epoch_idx + 1) % self.eval_step == 0:  # type: ignore[attr-defined]
-                valid_score, valid_result = self._valid_epoch(valid_data, show_progress)
-                self.best_valid_score, self.cur_step, stop, improved = early_stopping(
-                    valid_score,
-                    self.best_valid_score,  # type: ignore[attr-defined]
-                    self.cur_step,  # type: ignore[attr-defined]
-                    max_step=self.stopping_step,  # type: ignore[attr-defined]
-                    bigger=self.valid_metric_bigger,  # type: ignore[attr-defined]
-                )
-                if improved:
+        with self.sigterm_stops_at_a_batch():
+            for epoch_idx in range(self.start_epoch, self.epochs):  # type: ignore[attr-defined]
+                train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+                self.train_loss_dict[epoch_idx] = _as_float(train_loss)  # type: ignore[attr-defined]
+                stop = False
+                if self.eval_step <= 0 or not valid_data:  # type: ignore[attr-defined]
                     if saved:
                         self._save_checkpoint(epoch_idx, verbose=False)  # type: ignore[attr-defined]
-                    self.best_valid_result = valid_result
-                if callback_fn is not None:
-                    callback_fn(epoch_idx, valid_score)
-            if stop:
-                self.stop_reason = "early_stopping"
-                break
-            if self.cut_by_budget:
-                self.stop_reason = "time_budget"
-            # A budget-cut epoch counts as done: a resumed run goes on with the next one.
-            self.save_last(epoch_idx, train_data)
+                elif (epoch_idx + 1) % self.eval_step == 0:  # type: ignore[attr-defined]
+                    valid_score, valid_result = self._valid_epoch(valid_data, show_progress)
+                    self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+                        valid_score,
+                        self.best_valid_score,  # type: ignore[attr-defined]
+                        self.cur_step,  # type: ignore[attr-defined]
+                        max_step=self.stopping_step,  # type: ignore[attr-defined]
+                        bigger=self.valid_metric_bigger,  # type: ignore[attr-defined]
+                    )
+                    if improved:
+                        if saved:
+                            self._save_checkpoint(epoch_idx, verbose=False)  # type: ignore[attr-defined]
+                        self.best_valid_result = valid_result
+                    if callback_fn is not None:
+                        callback_fn(epoch_idx, valid_score)
+                if stop:
+                    self.stop_reason = "early_stopping"
+                    break
+                if self.cut_by_budget:
+                    self.stop_reason = "time_budget"
+                # A budget-cut epoch counts as done: a resumed run goes on with the next one.
+                self.save_last(epoch_idx, train_data)
+                self.end_if_stop_requested()
         return self.best_valid_score, self.best_valid_result  # type: ignore[attr-defined]
 
 
@@ -629,13 +690,15 @@ def pretrain(
     if trainer._pending_rng is not None:
         run_state.set_rng_state(trainer._pending_rng, train_data)
         trainer._pending_rng = None
-    for epoch_idx in range(trainer.start_epoch, int(config["pretrain_epochs"])):
-        try:
-            loss = trainer._train_epoch(train_data, epoch_idx)
-        except BudgetExhausted:
-            break  # pre-training stops at its budget; fine-tuning starts from the weights so far
-        trainer.train_loss_dict[epoch_idx] = _as_float(loss)
-        trainer.save_last(epoch_idx, train_data)
+    with trainer.sigterm_stops_at_a_batch():
+        for epoch_idx in range(trainer.start_epoch, int(config["pretrain_epochs"])):
+            try:
+                loss = trainer._train_epoch(train_data, epoch_idx)
+            except BudgetExhausted:
+                break  # pre-training stops at its budget; fine-tuning starts from its weights
+            trainer.train_loss_dict[epoch_idx] = _as_float(loss)
+            trainer.save_last(epoch_idx, train_data)
+            trainer.end_if_stop_requested()
     records = trainer.epochs_record
     weights = {"state_dict": model.state_dict(), "records": [asdict(r) for r in records]}
     run_state.save(path, weights)

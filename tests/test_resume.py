@@ -64,20 +64,20 @@ from pathlib import Path
 from bench import api
 from recbole_ext import training
 
-model, out, data, kill_epoch, kill_batch, resume, settings = sys.argv[1:8]
-kill_epoch, kill_batch = int(kill_epoch), int(kill_batch)
+model, out, data, kill_epoch, kill_batch, resume, settings, kill_signal = sys.argv[1:9]
+kill_epoch, kill_batch, kill_signal = int(kill_epoch), int(kill_batch), int(kill_signal)
 
 if kill_epoch >= 0:
     original = training.RecordingMixin._train_epoch
 
     class Dying:
-        # The training loader, killing the process before it yields batch ``kill_batch``.
+        # The training loader, signalling the process before it yields batch ``kill_batch``.
         def __init__(self, inner):
             self.inner = inner
         def __iter__(self):
             for index, batch in enumerate(self.inner):
                 if index == kill_batch:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    os.kill(os.getpid(), kill_signal)
                 yield batch
         def __len__(self):
             return len(self.inner)
@@ -97,12 +97,21 @@ assert not summary.failed, summary.failed[0].error.traceback
 """
 
 
-def _start(model: str, out: Path, data: Path, kill: tuple[int, int] | None, resume: bool, extra):
-    """The run in a process of its own (one thread: two at once share a 2-core machine)."""
+def _start(
+    model: str,
+    out: Path,
+    data: Path,
+    kill: tuple[int, int] | None,
+    resume: bool,
+    extra,
+    kill_signal: int = signal.SIGKILL,
+):
+    """The run in a process of its own (one thread: two at once share a 2-core machine),
+    sent ``kill_signal`` before batch ``kill[1]`` of epoch ``kill[0]``."""
     script = textwrap.dedent(_RUN)
     kill_epoch, kill_batch = kill or (-1, -1)
     args = [model, str(out), str(data), str(kill_epoch), str(kill_batch), "1" if resume else "0"]
-    args.append(json.dumps({**SETTINGS, **extra}))
+    args += [json.dumps({**SETTINGS, **extra}), str(int(kill_signal))]
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=ROOT,
@@ -191,6 +200,30 @@ def test_killed_run_resumes_to_the_uninterrupted_result(case: str, tmp_path: Pat
     assert result["stop_reason"] == expected["stop_reason"] == "epoch_limit"
     # A run that ended by its own stopping rule needs its checkpoints no more.
     assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_after_its_batch_with_its_state_saved(tmp_path: Path, tiny_data):
+    """What a plan's stop (or a scheduler) sends: the run trains the batch it was given, saves
+    there and ends by the same signal; resumed, it ends as the uninterrupted run."""
+    model, extra = "SLIME4Rec", {"hidden_size": 8, "inner_size": 16, "contrast": "us_x"}
+    rare = {**extra, "checkpoint_every_s": 600}  # no periodic checkpoint in these tiny epochs
+    out = tmp_path / "stopped"
+    straight = _start(model, tmp_path / "straight", tiny_data, None, False, extra)
+    stopped = _start(model, out, tiny_data, (2, 3), False, rare, kill_signal=signal.SIGTERM)
+    straight, stopped = _finish(straight, stopped)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert stopped.returncode == -signal.SIGTERM, stopped.stderr[-3000:]
+    (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
+    inside = torch.load(folder / "last.pth", weights_only=True)["mid_epoch"]
+    assert (inside["epoch"], inside["batches"]) == (2, 4)  # the batch it was given, then saved
+
+    (resumed,) = _finish(_start(model, out, tiny_data, None, True, rare))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result, expected = _result(out, model), _result(tmp_path / "straight", model)
+    assert result["timing"]["resumed_from_batch"] == 4
+    assert _training_record(result) == _training_record(expected)
+    assert result["test"] == expected["test"]
 
 
 @pytest.mark.slow
