@@ -88,7 +88,7 @@ def plan_progress(
         if is_finished(run, ready, out) and result is not None:
             progress.append(_finished(run, result, limit))
             continue
-        note = None
+        notes: list[str] = []
         if result is not None:
             if not result.ok:
                 why = "the run failed"
@@ -96,20 +96,21 @@ def plan_progress(
                 why = "cut by its time budget"
             else:
                 why = "other settings"
-            note = f"a result that does not count: {why}"
+            notes.append(f"a result that does not count: {why}")
         options = replace(ready.options, checkpoint_root=out / "checkpoints")
         folder = checkpoint_folder(replace(ready, options=options))
         last = folder / "last.pth" if folder is not None else None
         if last is not None and not last.is_file() and manifest_path(last).is_file():
-            split = "checkpoint in parts for a git host: --resume joins them"
-            progress.append(RunProgress(run, "unfinished", epoch_limit=limit, note=split))
+            notes.append("checkpoint in parts for a git host: --resume joins them")
+            note = "; ".join(notes)
+            progress.append(RunProgress(run, "unfinished", epoch_limit=limit, note=note))
             continue
         if last is None or not last.is_file():
             if folder is not None:
                 others = sorted(f.name for f in folder.parent.glob(f"seed-{run.seed}-*"))
                 if others:  # e.g. written by another code version whose defaults differ
-                    other = f"a checkpoint of other settings: {', '.join(others)}"
-                    note = other if note is None else f"{note}; {other}"
+                    notes.append(f"a checkpoint of other settings: {', '.join(others)}")
+            note = "; ".join(notes) or None
             progress.append(RunProgress(run, "not started", epoch_limit=limit, note=note))
             continue
         where = run_state.summary(last)
@@ -124,7 +125,7 @@ def plan_progress(
                 patience=(where.cur_step, int(ready.config_dict.get("stopping_step") or 0)),
                 warmup=ready.settings.stopping_warmup_epochs,
                 train_seconds=where.elapsed_seconds,
-                note=note,
+                note="; ".join(notes) or None,
                 batches_into_epoch=where.batches_into_epoch,
             )
         )

@@ -216,6 +216,15 @@ jobs:
     state = torch.load(last, weights_only=True)
     run_state.save(last, {**state, "mid_epoch": {"epoch": state["epoch"] + 1, "batches": 3}})
     assert plan_progress(path, **common)[0].batches_into_epoch == 3
+    # In parts for a git host: said beside what was said of its result.
+    from bench.checkpoint_parts import join_all, split_large
+
+    split_large(last.parent, max_bytes=4096)
+    assert plan_progress(path, **common)[0].note == (
+        "a result that does not count: cut by its time budget; "
+        "checkpoint in parts for a git host: --resume joins them"
+    )
+    join_all(last.parent)
 
     monkeypatch.setattr(sys, "argv", ["bench", "plan", str(path), "--status", "--out", str(out)])
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--data-dir", str(tiny_sequences)])
