@@ -122,7 +122,8 @@ class _EpochBatches:
 class MidEpoch:
     """Where a run stood inside an unfinished epoch when its last checkpoint was taken: the
     batches it had trained on, the generators' states at the epoch's start (the loader's order
-    is drawn again from them) and after those batches, and the epoch's sums so far."""
+    is drawn again from them) and after those batches (``rng``: the checkpoint's own, stored
+    there once), and the epoch's sums so far."""
 
     epoch: int
     batches: int
@@ -134,16 +135,21 @@ class MidEpoch:
     train_seconds: float
 
     def state(self) -> dict[str, Any]:
-        """As a checkpoint holds it (plain values and tensors)."""
-        values = asdict(self)
+        """As a checkpoint holds it under ``mid_epoch`` (plain values and tensors; ``rng`` is the
+        checkpoint's own)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["rng"]
         if isinstance(self.loss, tuple):
             values["loss"] = list(self.loss)
         return values
 
     @classmethod
-    def from_state(cls, values: dict[str, Any]) -> MidEpoch:
+    def from_state(cls, checkpoint: dict[str, Any]) -> MidEpoch:
+        """From a checkpoint taken inside an epoch."""
+        values = checkpoint["mid_epoch"]
         loss = values["loss"]
-        return cls(**{**values, "loss": tuple(loss) if isinstance(loss, list) else loss})
+        loss = tuple(loss) if isinstance(loss, list) else loss
+        return cls(**{**values, "loss": loss, "rng": checkpoint["rng"]})
 
 
 class _EpochLoss:
@@ -392,7 +398,7 @@ class RecordingMixin:
                 max_batches=max_batches,
                 skip=resumed.batches if resumed else 0,
                 skipped=skipped if resumed else None,
-                after_batch=after_batch if inside and self.last_checkpoint is not None else None,
+                after_batch=after_batch if inside else None,
             )
         if resumed:
             self._loss_terms.restore(resumed.loss_term_sums, resumed.loss_term_steps)
@@ -548,7 +554,7 @@ class RecordingMixin:
         if state.get("mid_epoch") is not None:
             # Inside an epoch: the loader's order is drawn again from the generators of the
             # epoch's start; those of the stop are set once its batches are skipped.
-            self._mid_epoch = MidEpoch.from_state(state["mid_epoch"])
+            self._mid_epoch = MidEpoch.from_state(state)
             self._pending_rng = self._mid_epoch.epoch_start_rng
             self.resumed_from_batch = self._mid_epoch.batches
         return int(self.start_epoch)  # type: ignore[attr-defined]
