@@ -16,19 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.io import write_json
+from bench.io import sha256_file, write_json
 
 SCHEMA = 1
 MANIFEST_SUFFIX = ".parts.json"
 PART_SUFFIX = ".part-"
 # Under GitHub's 100 MiB limit with room to spare.
 DEFAULT_MAX_BYTES = 95 * 2**20
-_CHUNK = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -63,19 +61,6 @@ class PartsManifest:
 def manifest_path(path: Path) -> Path:
     """Where the manifest of ``path``'s parts is (whether or not it is split)."""
     return path.with_name(path.name + MANIFEST_SUFFIX)
-
-
-def _chunks(path: Path, size: int = _CHUNK) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in _chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _remove_parts(folder: Path, manifest: PartsManifest) -> None:
@@ -116,7 +101,7 @@ def join_file(manifest_file: Path) -> Path:
     folder = manifest_file.parent
     target = folder / manifest.name
     if target.exists():
-        if target.stat().st_size != manifest.size or _sha256(target) != manifest.sha256:
+        if target.stat().st_size != manifest.size or sha256_file(target) != manifest.sha256:
             raise BenchError(
                 f"{target} and parts of another version of it ({manifest_file.name}) are both "
                 "there: remove the one that is out of date"

@@ -7,14 +7,13 @@ A dataset ``NAME`` is the folder ``NAME/`` holding ``NAME.inter`` (and optionall
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.io import write_text
+from bench.io import sha256_file, write_text
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -59,11 +58,7 @@ def locate(
 
 @cache
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)  # size and mtime only key the cache
 
 
 def fingerprint(folder: Path) -> dict[str, str]:

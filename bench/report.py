@@ -120,8 +120,8 @@ def _stopping_markdown(board: leaderboard.Board) -> str | None:
         "rising through epoch-to-epoch noise when the patience ran out, so a longer patience "
         "might have found a higher best."
     )
-    header = ["model", "runs stopped early", "trend after the best (%/10 epochs, each run)"]
-    header.append("rising")
+    trend = "trend after the best (%/10 epochs, each run)"
+    header = ["model", "runs stopped early", trend, "rising"]
     table = markdown_table(header, rows, [False, True, False, True])
     return "\n".join([intro, "", *table])
 
