@@ -177,37 +177,75 @@ class _EpochLoss:
         return counted
 
 
-class _StopOnSigterm:
-    """While a resumable run trains in a process's main thread whose SIGTERM does the default
-    (ends the process at once: a pool worker, a ``bench run`` of its own), a SIGTERM instead asks
-    the run to stop at the next batch boundary: it saves its state there and then ends by the
-    same signal, so whoever sent it sees the exit it expects and the run loses nothing. Where
-    SIGTERM has a handler already (a plan's own, Ray's) or off the main thread, nothing changes.
+def stops_after_a_batch(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    """Mark a signal handler (one that stops the program) as one a training run may serve
+    after the batch it is on, once its state is saved there, instead of at once: a plan's own
+    stop (:mod:`bench.plans`) is marked, so a run in the plan's process loses nothing."""
+    handler.stops_after_a_batch = True  # type: ignore[attr-defined]
+    return handler
+
+
+def _deferrable(signum: int, handler: Any) -> bool:
+    """Handlers whose stop may wait for a batch boundary: the default SIGTERM (ends the process),
+    Python's Ctrl-C (raises KeyboardInterrupt) and handlers marked :func:`stops_after_a_batch`.
+    Others (ignored signals, Ray's workers, a study's own) keep their behaviour."""
+    if signum == signal.SIGTERM and handler is signal.SIG_DFL:
+        return True
+    if signum == signal.SIGINT and handler is signal.default_int_handler:
+        return True
+    return bool(getattr(handler, "stops_after_a_batch", False))
+
+
+class _StopAfterABatch:
+    """While a resumable run trains in the main thread, a stop signal (SIGTERM, Ctrl-C) whose
+    handler would end the program (:func:`_deferrable`) instead asks the run to stop at the
+    next batch boundary: it saves its state there, then serves the signal as it would have
+    been served (the process ends by the same SIGTERM; Ctrl-C or a plan's stop raise
+    KeyboardInterrupt there), so whoever sent it sees what it expects and the run loses
+    nothing. A second signal before that boundary is served at once. Off the main thread, or
+    for handlers that are not deferrable, nothing changes.
     """
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._installed = False
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __enter__(self) -> _StopOnSigterm:
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, self._request)
-            self._installed = True
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the signal to serve at the next batch boundary
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopAfterABatch:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                handler = signal.getsignal(signum)
+                if _deferrable(signum, handler):
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._request)
         return self
 
     def _request(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if self.requested is not None:  # asked twice: stop now
+            self.requested = signum
+            self.serve()
+            return
+        self.requested = signum
+        name = signal.Signals(signum).name
+        message = f"{name}: stopping after this batch, state saved (send it again to stop now)\n"
+        os.write(2, message.encode())  # not print: the signal may have come during a print
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            self._installed = False
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
-    def end_process(self) -> None:
-        """End this process by the SIGTERM it was sent (the state is saved)."""
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def serve(self) -> None:
+        """Serve the requested signal as its own handler would have (the state is saved)."""
+        signum, self.requested = self.requested, None
+        assert signum is not None
+        handler = self._previous.get(signum, signal.SIG_DFL)
+        self.__exit__()
+        if handler is signal.SIG_DFL:
+            os.kill(os.getpid(), signum)  # the default action: the process ends by it
+        else:
+            handler(signum, None)
 
 
 @dataclass(frozen=True)
@@ -297,7 +335,7 @@ class RecordingMixin:
     resumed_from_batch: int | None = None  # a run resumed inside an epoch: the batches it skips
     _pending_rng: dict[str, Any] | None = None
     _mid_epoch: MidEpoch | None = None  # where a run resumed inside an epoch continues
-    _sigterm: _StopOnSigterm | None = None  # set while a SIGTERM stops at a batch boundary
+    _stop: _StopAfterABatch | None = None  # set while a stop signal waits for a batch boundary
 
     def _init_records(self) -> None:
         self.epochs_record: list[EpochRecord] = []
@@ -385,12 +423,12 @@ class RecordingMixin:
             def after_batch(done: int) -> None:
                 nonlocal last_save
                 now = time.perf_counter()
-                stopping = self._sigterm is not None and self._sigterm.requested
+                stopping = self._stop is not None and self._stop.requested is not None
                 if stopping or now - last_save >= self.settings.checkpoint_every_s:
                     place = (epoch_idx, done, epoch_start_rng, now - epoch_started)
                     self._save_inside_epoch(loader, *place, epoch_loss)
                     last_save = time.perf_counter()
-                self.end_if_stop_requested()
+                self.stop_if_requested()
 
             batches = train_data = _EpochBatches(
                 loader,
@@ -440,23 +478,28 @@ class RecordingMixin:
         return own is Trainer._train_epoch
 
     @contextlib.contextmanager
-    def sigterm_stops_at_a_batch(self) -> Iterator[None]:
-        """Within: a SIGTERM stops training at the next batch boundary, with the state saved
-        there (:class:`_StopOnSigterm`), where this trainer takes checkpoints inside epochs."""
+    def stops_after_a_batch(self) -> Iterator[None]:
+        """Within: a stop signal (SIGTERM, Ctrl-C, a plan's stop) stops training at the next
+        batch boundary, with the state saved there (:class:`_StopAfterABatch`), where this
+        trainer takes checkpoints inside epochs."""
         if not self._saves_inside_epochs():
             yield
             return
-        with _StopOnSigterm() as stop:
-            self._sigterm = stop
+        with _StopAfterABatch() as stop:
+            self._stop = stop
             try:
                 yield
             finally:
-                self._sigterm = None
+                self._stop = None
+            # Asked during the last validation of a run its stopping rule ended: served here,
+            # before its test pass (resumed, it repeats that epoch).
+            if stop.requested is not None:
+                stop.serve()
 
-    def end_if_stop_requested(self) -> None:
-        """End the process if a SIGTERM asked for it (call where the state is saved)."""
-        if self._sigterm is not None and self._sigterm.requested:
-            self._sigterm.end_process()
+    def stop_if_requested(self) -> None:
+        """Serve a stop signal that waited for this point (call where the state is saved)."""
+        if self._stop is not None and self._stop.requested is not None:
+            self._stop.serve()
 
     def _save_inside_epoch(
         self,
@@ -591,7 +634,7 @@ class RecordingMixin:
             run_state.set_rng_state(self._pending_rng, train_data)
             self._pending_rng = None
         self.stop_reason = "epoch_limit"
-        with self.sigterm_stops_at_a_batch():
+        with self.stops_after_a_batch():
             for epoch_idx in range(self.start_epoch, self.epochs):  # type: ignore[attr-defined]
                 train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
                 self.train_loss_dict[epoch_idx] = _as_float(train_loss)  # type: ignore[attr-defined]
@@ -621,7 +664,7 @@ class RecordingMixin:
                     self.stop_reason = "time_budget"
                 # A budget-cut epoch counts as done: a resumed run goes on with the next one.
                 self.save_last(epoch_idx, train_data)
-                self.end_if_stop_requested()
+                self.stop_if_requested()
         return self.best_valid_score, self.best_valid_result  # type: ignore[attr-defined]
 
 
@@ -696,7 +739,7 @@ def pretrain(
     if trainer._pending_rng is not None:
         run_state.set_rng_state(trainer._pending_rng, train_data)
         trainer._pending_rng = None
-    with trainer.sigterm_stops_at_a_batch():
+    with trainer.stops_after_a_batch():
         for epoch_idx in range(trainer.start_epoch, int(config["pretrain_epochs"])):
             try:
                 loss = trainer._train_epoch(train_data, epoch_idx)
@@ -704,7 +747,7 @@ def pretrain(
                 break  # pre-training stops at its budget; fine-tuning starts from its weights
             trainer.train_loss_dict[epoch_idx] = _as_float(loss)
             trainer.save_last(epoch_idx, train_data)
-            trainer.end_if_stop_requested()
+            trainer.stop_if_requested()
     records = trainer.epochs_record
     weights = {"state_dict": model.state_dict(), "records": [asdict(r) for r in records]}
     run_state.save(path, weights)

@@ -61,11 +61,14 @@ CASES = {
 _RUN = """
 import json, os, signal, sys
 from pathlib import Path
-from bench import api
+from bench import api, plans
 from recbole_ext import training
 
-model, out, data, kill_epoch, kill_batch, resume, settings, kill_signal = sys.argv[1:9]
-kill_epoch, kill_batch, kill_signal = int(kill_epoch), int(kill_batch), int(kill_signal)
+model, out, data, kill_epoch, kill_batch, resume, settings, kill_signal, kills, mode = sys.argv[1:]
+kill_epoch, kill_batch, kill_signal, kills = map(int, sys.argv[4:6] + sys.argv[8:10])
+# Ctrl-C raises KeyboardInterrupt, as in a terminal (a child of a background job inherits
+# SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if kill_epoch >= 0:
     original = training.RecordingMixin._train_epoch
@@ -77,7 +80,8 @@ if kill_epoch >= 0:
         def __iter__(self):
             for index, batch in enumerate(self.inner):
                 if index == kill_batch:
-                    os.kill(os.getpid(), kill_signal)
+                    for _ in range(kills):
+                        os.kill(os.getpid(), kill_signal)
                 yield batch
         def __len__(self):
             return len(self.inner)
@@ -91,10 +95,22 @@ if kill_epoch >= 0:
 
     training.RecordingMixin._train_epoch = killing
 
-summary = api.run([model], "tiny", settings=json.loads(settings), out=out, data_dir=data,
-                  device="cpu", resume=resume == "1")
-assert not summary.failed, summary.failed[0].error.traceback
-"""
+settings = json.loads(settings)
+try:
+    if mode == "plan":  # one run at a time: in the plan's own process
+        job = {"dataset": "tiny", "models": [model], "seeds": [0], "budget_s": 0}
+        plan = Path(out).parent / "plan.json"  # JSON is YAML
+        plan.write_text(json.dumps({"jobs": [{**job, "set": settings}]}))
+        plans.execute(plan, workers=1, threads=settings.get("threads", 0), out=out,
+                      device="cpu", data_dir=data, resume=resume == "1", echo=lambda _: None)
+    else:
+        summary = api.run([model], "tiny", settings=settings, out=out, data_dir=data,
+                          device="cpu", resume=resume == "1")
+        assert not summary.failed, summary.failed[0].error.traceback
+except KeyboardInterrupt:
+    sys.exit(INTERRUPTED)
+""".replace("INTERRUPTED", "3")
+INTERRUPTED = 3  # the exit of a run stopped by KeyboardInterrupt (Ctrl-C, a plan's stop)
 
 
 def _start(
@@ -105,13 +121,16 @@ def _start(
     resume: bool,
     extra,
     kill_signal: int = signal.SIGKILL,
+    kills: int = 1,
+    mode: str = "run",
 ):
     """The run in a process of its own (one thread: two at once share a 2-core machine),
-    sent ``kill_signal`` before batch ``kill[1]`` of epoch ``kill[0]``."""
+    sent ``kill_signal`` ``kills`` times before batch ``kill[1]`` of epoch ``kill[0]``; ``mode``
+    ``run`` (``bench run``) or ``plan`` (a plan of that one run, ``--parallel 1``)."""
     script = textwrap.dedent(_RUN)
     kill_epoch, kill_batch = kill or (-1, -1)
     args = [model, str(out), str(data), str(kill_epoch), str(kill_batch), "1" if resume else "0"]
-    args += [json.dumps({**SETTINGS, **extra}), str(int(kill_signal))]
+    args += [json.dumps({**SETTINGS, **extra}), str(int(kill_signal)), str(kills), mode]
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=ROOT,
@@ -202,28 +221,62 @@ def test_killed_run_resumes_to_the_uninterrupted_result(case: str, tmp_path: Pat
     assert not folder.exists()
 
 
+# How a stop signal reaches a run, and how its process ends: SIGTERM to a run of its own (or a
+# plan's worker process) ends it by that signal; Ctrl-C raises KeyboardInterrupt; a plan that
+# runs its run in its own process (--parallel 1) turns its SIGTERM into KeyboardInterrupt.
+STOPS = {
+    "sigterm-run": ("run", signal.SIGTERM, -signal.SIGTERM),
+    "ctrl-c-run": ("run", signal.SIGINT, INTERRUPTED),
+    "sigterm-plan": ("plan", signal.SIGTERM, INTERRUPTED),
+}
+
+
 @pytest.mark.slow
-def test_sigterm_stops_a_run_after_its_batch_with_its_state_saved(tmp_path: Path, tiny_data):
-    """What a plan's stop (or a scheduler) sends: the run trains the batch it was given, saves
-    there and ends by the same signal; resumed, it ends as the uninterrupted run."""
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_signal_ends_a_run_after_its_batch_with_its_state_saved(
+    stop: str, tmp_path: Path, tiny_data
+):
+    """The run trains the batch it was on, saves there and then stops as the signal asks;
+    resumed, it ends as the uninterrupted run."""
+    mode, kill_signal, exit_code = STOPS[stop]
     model, extra = "SLIME4Rec", {"hidden_size": 8, "inner_size": 16, "contrast": "us_x"}
     rare = {**extra, "checkpoint_every_s": 600}  # no periodic checkpoint in these tiny epochs
     out = tmp_path / "stopped"
     straight = _start(model, tmp_path / "straight", tiny_data, None, False, extra)
-    stopped = _start(model, out, tiny_data, (2, 3), False, rare, kill_signal=signal.SIGTERM)
+    stopped = _start(model, out, tiny_data, (2, 3), False, rare, kill_signal, mode=mode)
     straight, stopped = _finish(straight, stopped)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert stopped.returncode == -signal.SIGTERM, stopped.stderr[-3000:]
+    assert stopped.returncode == exit_code, stopped.stderr[-3000:]
+    # What the run says goes where its output goes: a plan's runs each have a log.
+    logs = out / "plans" / "plan" / "logs"
+    said = stopped.stderr if mode == "run" else "".join(f.read_text() for f in logs.iterdir())
+    assert "stopping after this batch" in said
     (folder,) = (out / "checkpoints" / "tiny" / model).iterdir()
     inside = torch.load(folder / "last.pth", weights_only=True)["mid_epoch"]
     assert (inside["epoch"], inside["batches"]) == (2, 4)  # the batch it was given, then saved
+    if mode == "plan":
+        record = json.loads((out / "plans" / "plan.json").read_text())
+        assert [run["status"] for run in record["runs"]] == ["interrupted"]
 
-    (resumed,) = _finish(_start(model, out, tiny_data, None, True, rare))
+    (resumed,) = _finish(_start(model, out, tiny_data, None, True, rare, mode=mode))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result, expected = _result(out, model), _result(tmp_path / "straight", model)
     assert result["timing"]["resumed_from_batch"] == 4
     assert _training_record(result) == _training_record(expected)
     assert result["test"] == expected["test"]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_a_run_at_once(tmp_path: Path, tiny_data):
+    """Ctrl-C twice: the run stops where it is, its last checkpoint the epoch before."""
+    extra = {"hidden_size": 8, "inner_size": 16, "checkpoint_every_s": 600}
+    out = tmp_path / "stopped"
+    twice = _start("SLIME4Rec", out, tiny_data, (2, 3), False, extra, signal.SIGINT, kills=2)
+    (stopped,) = _finish(twice)
+    assert stopped.returncode == INTERRUPTED, stopped.stderr[-3000:]
+    (folder,) = (out / "checkpoints" / "tiny" / "SLIME4Rec").iterdir()
+    last = torch.load(folder / "last.pth", weights_only=True)
+    assert last["epoch"] == 1 and last.get("mid_epoch") is None
 
 
 @pytest.mark.slow
