@@ -10,7 +10,9 @@ typed and versioned. Results are written and read only here:
 :func:`read_result` migrates a record of an older schema in code (:data:`MIGRATIONS`), so a
 stored result is never edited by hand when the contract changes. Schema 1 to 2: the stop reason
 (inferred from ``stopped_by_budget``, the epochs run against ``config.epochs`` and the status)
-and the code version (the commit the run recorded) became fields.
+and the code version (the commit the run recorded) became fields. Schema 2 to 3: the
+environment says how glibc's malloc ran (``environment.malloc``, :mod:`bench.allocator`; None in
+the records before).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bench.io import write_json
 from recbole_ext.data import HarnessSettings
 from recbole_ext.training import EpochRecord
 
-SCHEMA = 2
+SCHEMA = 3
 # How a run ended: its own stopping rule, its epoch limit, its training time budget, or an error.
 STOP_REASONS = ("early_stopping", "epoch_limit", "time_budget", "failed")
 
@@ -146,6 +148,9 @@ class Environment:
     cpu_count: int | None = None
     device: str | None = None
     device_name: str | None = None
+    # glibc's malloc during the run (bench.allocator): kept, environment or system; it moves
+    # the run's seconds and peak memory, not its results.
+    malloc: str | None = None
     # Where a run on Ray ran (bench.executor): the worker's host name and Ray's node id. Runs in
     # this process or a local pool leave both out of the record.
     host: str | None = field(default=None, metadata={"omit_none": True})
@@ -319,8 +324,15 @@ def _schema_1_to_2(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _schema_2_to_3(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "schema": 3}  # environment.malloc: not known, stays unset
+
+
 # schema N -> its record as schema N + 1
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _schema_1_to_2,
+    2: _schema_2_to_3,
+}
 
 
 def parse_result(record: Mapping[str, Any]) -> RunResult:

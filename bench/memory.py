@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench.allocator import release_freed_memory
+
 MIB = 1024 * 1024
 
 
@@ -42,6 +44,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
+        release_freed_memory()  # what an earlier phase left free is not this phase's
         self.start = rss_mib()
         try:
             Path("/proc/self/clear_refs").write_text("5")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.allocator import keep_freed_memory
 from bench.checkpoint_parts import join_all
 from bench.contract import (
     DataInfo,
@@ -195,6 +196,7 @@ def execute(
             model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
         )
         torch.set_num_threads(threads)
+        malloc = keep_freed_memory()  # before the run's tensors: pages reused step to step
         init_seed(config["seed"], config["reproducibility"])
         try:
             dataset, cached = load_dataset(config, options.cache_dir)
@@ -333,7 +335,7 @@ def execute(
             test_users=_eval_users(test_data),
         ),
         config=resolved,
-        environment=Environment(**environment(config["device"])),
+        environment=Environment(**environment(config["device"]), malloc=malloc),
         command=command,
         started_at=started,
         finished_at=_now(),

@@ -13,7 +13,9 @@ wall-clock limit (``--time-limit``) and ``--threads`` PyTorch threads:
   sample per prefix) for the models that now default to whole sequences; ``bucket_by_length:
   false`` and the training loader unwrapped from ``LengthBucketedBatches`` (every batch keeps
   ``MAX_ITEM_LIST_LENGTH`` columns); ``fast_evaluation: false`` (RecBole's evaluator);
-  ``fast_dropout: false`` (PyTorch's dropout, as every row measured before that key existed).
+  ``fast_dropout: false`` (PyTorch's dropout, as every row measured before that key existed);
+  glibc's malloc as it comes (``bench.allocator`` not applied: the after side keeps freed memory
+  as ``bench run`` does, since 2026-12-04; rows measured before then had glibc's defaults too).
 
 Measured per stage (S3Rec: a pre-training epoch and a fine-tuning epoch):
 
@@ -636,6 +638,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from recbole_ext import compat
 
     compat.apply()
+    from bench.allocator import keep_freed_memory
     from bench.contract import RunOptions
     from bench.memory import PeakMemory
     from bench.preflight import prepare
@@ -674,6 +677,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         )
         config = Config(model=cls, dataset=prepared.data_name, config_dict=config_dict)
         torch.set_num_threads(threads)
+        # After: glibc's malloc as bench.runner.execute sets it; before: glibc's defaults.
+        malloc = "system" if before else keep_freed_memory()
         init_seed(config["seed"], config["reproducibility"])
         dataset, cached = load_dataset(config, request.cache_dir)
         prepared_data = prepare_data(config, dataset)
@@ -746,6 +751,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             "registered_class": _class_path(prepared.spec.cls),
             "settings": settings,
             "dataset_cached": cached,
+            "malloc": malloc,
             "notes": notes,
             "phases": phases,
         }

@@ -39,6 +39,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -115,17 +116,20 @@ class CappedLoader:
 
 
 class Phase:
-    """Wall seconds (CUDA synchronized) and peak memory (:mod:`bench.memory`) of one phase."""
+    """Wall seconds (CUDA synchronized), peak memory (:mod:`bench.memory`) and the process's CPU
+    seconds in user and kernel mode and its minor page faults (``getrusage``) of one phase."""
 
     def __init__(self, device: Any) -> None:
         self.device = device
         self.seconds = 0.0
         self.memory: dict[str, float | None] = {}
+        self.cpu: dict[str, float] = {}
 
     def __enter__(self) -> Phase:
         from bench.memory import PeakMemory
 
         self._peak = PeakMemory(self.device).start()
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
         self._start = time.perf_counter()
         return self
 
@@ -135,6 +139,12 @@ class Phase:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu = {
+            "user_seconds": usage.ru_utime - self._usage.ru_utime,
+            "system_seconds": usage.ru_stime - self._usage.ru_stime,
+            "minor_faults": usage.ru_minflt - self._usage.ru_minflt,
+        }
         peak = self._peak.stop()
         if self.device.type == "cuda":
             self.memory = {
@@ -179,6 +189,7 @@ def _train_and_validate(trainer: Any, train: Any, valid: Any, job: dict[str, Any
         "one_pass_model": one_pass,
         "warmup_steps": 0 if one_pass else int(job["warmup_steps"]),
         "memory": phase.memory,
+        "cpu": phase.cpu,
     }
     with Phase(device) as phase:
         score, _ = trainer._valid_epoch(valid, show_progress=False)
@@ -189,6 +200,7 @@ def _train_and_validate(trainer: Any, train: Any, valid: Any, job: dict[str, Any
         "batches": len(valid),
         "valid_score": float(score),
         "memory": phase.memory,
+        "cpu": phase.cpu,
     }
     return {"train": training, "eval": evaluation}
 
@@ -205,6 +217,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
     from recbole_ext import compat
 
     compat.apply()
+    from bench.allocator import keep_freed_memory
     from bench.contract import RunOptions
     from bench.preflight import prepare
     from bench.runner import build_model
@@ -233,6 +246,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
         config = Config(
             model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
         )
+        malloc = keep_freed_memory()  # where bench.runner.execute does it
         init_seed(config["seed"], config["reproducibility"])
         t0 = time.perf_counter()
         dataset, cached = load_dataset(config, request.cache_dir)
@@ -257,6 +271,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {
         "family": prepared.spec.family,
+        "malloc": malloc,
         "trainer": type(trainer).__bases__[-1].__name__,  # RecBole's, under the recording mixin
         "params": _params(model),
         "data": {
@@ -362,7 +377,7 @@ def spawn(job: dict[str, Any], time_limit: float) -> dict[str, Any]:
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job, default=str))
         log_path = Path(tmp) / "worker.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **job.get("env", {})}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)]
         started = time.perf_counter()

@@ -485,3 +485,23 @@ def test_dropout_speed_times_the_op_and_training_steps(tmp_path):
     assert steps["run"] == "ml-100k:MultVAE" and steps["dropout_modules_swapped"] == 1
     assert len(steps["rounds"]) == 2 and steps["speedup"] > 0
     assert "| ml-100k:MultVAE | 1 |" in (tmp_path / "dropout_speed.md").read_text()
+
+
+@pytest.mark.slow
+def test_malloc_speed_compares_both_sides_on_the_same_steps(tiny_sequences, tmp_path):
+    from benchmarks import malloc_speed
+
+    settings = "hidden_size=8,inner_size=16,n_layers=1,train_batch_size=16"
+    args = ["--case", f"tiny:SASRec:{settings}", "--data-dir", str(tiny_sequences)]
+    args += ["--rounds", "1", "--max-steps", "2", "--warmup-steps", "1", "--out", str(tmp_path)]
+    assert malloc_speed.main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    (case,) = json.loads((tmp_path / "malloc.json").read_text())["cases"]
+    assert case["rounds_ok"] == 1 and case["same_valid_score"] is True
+    assert case["rounds"][0]["kept"]["malloc"] == "kept"
+    assert case["rounds"][0]["system"]["malloc"] == "system"
+    assert case["train_ratio"] > 0 and case["kept"]["minor_faults_per_step"] >= 0
+    table = (tmp_path / "malloc.md").read_text()
+    assert "| tiny:SASRec:" in table and "| yes |" in table
+    with pytest.raises(SystemExit, match="DATASET:MODEL"):
+        malloc_speed.main(["--case", "tiny", "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()

@@ -38,7 +38,7 @@ def test_run_two_models_on_ml100k_then_resume(tmp_path):
     for model in ("Pop", "SASRec"):
         result = json.loads((out / "runs" / "ml-100k" / model / "seed-0.json").read_text())
         assert result["status"] == "ok" and result["model"] == model
-        assert result["schema"] == 2 and result["stop_reason"] == "epoch_limit"
+        assert result["schema"] == 3 and result["stop_reason"] == "epoch_limit"
         assert 0.0 <= result["test"]["ndcg@10"] <= 1.0
         assert result["data"]["users"] == 943 and result["data"]["source"] == "recbole wheel"
         assert result["data"]["test_users"] == 943

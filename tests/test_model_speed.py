@@ -38,6 +38,9 @@ def test_harness_measurement_has_every_field(tiny_sequences, tmp_path):
     assert evaluation["users"] == 40 and evaluation["seconds"] > 0
     for phase in (train, evaluation):
         assert phase["memory"]["peak_rss_mib"] > 0
+        assert phase["cpu"]["user_seconds"] > 0 and phase["cpu"]["system_seconds"] >= 0
+        assert phase["cpu"]["minor_faults"] >= 0
+    assert result["malloc"] in ("kept", "environment", "system")  # as bench run would set it
     # the second build reads the dataset cache the first one wrote
     again = model_speed.measure_harness(_job(tiny_sequences, tmp_path, "SASRec", max_steps=0))
     assert again["data"]["cached"] and not again["train"]["projected"]
