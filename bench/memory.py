@@ -40,11 +40,17 @@ def rss_mib() -> float:
 
 
 class PeakRSS:
-    """Peak resident memory of the process during a ``with`` block, and at its start (MiB)."""
+    """Peak resident memory of the process during a ``with`` block, and at its start (MiB).
+    ``release``: first give the kernel back what malloc holds free, so that what an earlier
+    phase left is not counted in this one (off: time a phase on a heap as a long run has it)."""
+
+    def __init__(self, release: bool = True) -> None:
+        self.release = release
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
-        release_freed_memory()  # what an earlier phase left free is not this phase's
+        if self.release:
+            release_freed_memory()
         self.start = rss_mib()
         try:
             Path("/proc/self/clear_refs").write_text("5")
@@ -67,10 +73,11 @@ class PeakRSS:
 class PeakMemory:
     """Peak memory on ``device`` of a ``with`` block, or from :meth:`start` to :meth:`stop`."""
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, release: bool = True) -> None:
         import torch
 
         self.device = torch.device(device)
+        self.release = release  # on the CPU: as PeakRSS's
         self.values: dict[str, Any] = {}
 
     def __enter__(self) -> PeakMemory:
@@ -87,7 +94,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device) / MIB
         else:
-            self._rss = PeakRSS().__enter__()
+            self._rss = PeakRSS(self.release).__enter__()
         return self
 
     def stop(self) -> dict[str, Any]:

@@ -4,9 +4,12 @@ does) against glibc's defaults (``BENCH_MALLOC=system``).
 For each ``--case DATASET:MODEL[:key=value,...]``, ``--rounds`` rounds, each a fresh subprocess
 per side (:mod:`benchmarks.model_speed`'s worker: the model built as ``bench run`` builds it,
 ``--warmup-steps`` untimed steps, then ``--max-steps`` timed ones and one full validation); the
-side that goes first alternates by round. Per side: seconds per training step, validation
-seconds, the kernel's share of the process's CPU time and its minor page faults per step in
-training, peak resident memory of each phase. The report gives medians and, per case, the median
+side that goes first alternates by round. The timed steps run on the heap the warm-up left (no
+``malloc_trim`` between them, unlike a run's phases): a long run's steady state, which the kept
+side reaches after a few steps (its heap grows until freed blocks fit the next ones). Per side:
+seconds per training step, validation seconds, the kernel's share of the process's CPU time and
+its minor page faults per step in training, peak resident memory of each phase (training: with
+what malloc holds from the warm-up). The report gives medians and, per case, the median
 of the per-round ratios default / kept (above 1: keeping freed memory is faster), which cancels
 most of a shared machine's drift. Writes ``<out>/malloc.{json,md}`` atomically.
 
@@ -92,6 +95,7 @@ def measure_case(args: argparse.Namespace, case: str) -> dict[str, Any]:
         "warmup_steps": args.warmup_steps,
         "threads": args.threads,
         "cache_dir": str(Path(args.cache_dir).resolve()),
+        "keep_heap": True,  # no malloc_trim between the warm-up and the timed steps
     }
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
@@ -201,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=15)
-    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds a subprocess")
     p.add_argument("--cache-dir", default=str(REPO / "results" / "cache" / "datasets"))

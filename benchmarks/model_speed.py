@@ -119,8 +119,9 @@ class Phase:
     """Wall seconds (CUDA synchronized), peak memory (:mod:`bench.memory`) and the process's CPU
     seconds in user and kernel mode and its minor page faults (``getrusage``) of one phase."""
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, release: bool = True) -> None:
         self.device = device
+        self.release = release  # bench.memory.PeakRSS's
         self.seconds = 0.0
         self.memory: dict[str, float | None] = {}
         self.cpu: dict[str, float] = {}
@@ -128,7 +129,7 @@ class Phase:
     def __enter__(self) -> Phase:
         from bench.memory import PeakMemory
 
-        self._peak = PeakMemory(self.device).start()
+        self._peak = PeakMemory(self.device, self.release).start()
         self._usage = resource.getrusage(resource.RUSAGE_SELF)
         self._start = time.perf_counter()
         return self
@@ -173,7 +174,9 @@ def _train_and_validate(trainer: Any, train: Any, valid: Any, job: dict[str, Any
     if not one_pass and job["warmup_steps"]:
         trainer._train_epoch(CappedLoader(train, int(job["warmup_steps"])), 0)
     loader = CappedLoader(train, None if one_pass else max_steps)
-    with Phase(device) as phase:
+    # keep_heap: the timed steps (and the validation) run on the heap the warm-up steps left, as
+    # in a long run (benchmarks/malloc_speed.py); a phase's peak then includes what malloc holds.
+    with Phase(device, release=not job.get("keep_heap", False)) as phase:
         trainer._train_epoch(loader, 1)
     steps_per_epoch = len(train) * loader.passes
     projected = loader.batches < steps_per_epoch
@@ -191,7 +194,7 @@ def _train_and_validate(trainer: Any, train: Any, valid: Any, job: dict[str, Any
         "memory": phase.memory,
         "cpu": phase.cpu,
     }
-    with Phase(device) as phase:
+    with Phase(device, release=not job.get("keep_heap", False)) as phase:
         score, _ = trainer._valid_epoch(valid, show_progress=False)
     users = valid._dataset.inter_feat[valid._dataset.uid_field].unique().numel()
     evaluation = {
