@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:  # run as a script: make ``bench`` and ``benchmark
     sys.path.insert(0, str(REPO))
 
 from bench.io import write_text  # noqa: E402
-from benchmarks.model_speed import log, spawn  # noqa: E402
+from benchmarks.model_speed import log, make_job, spawn  # noqa: E402
 
 SCHEMA = 1
 # The converged boards' costliest rows still to run (configs/plans/converged-*.yaml).
@@ -85,16 +85,9 @@ def _median(values: list[float | None]) -> float | None:
 def measure_case(args: argparse.Namespace, case: str) -> dict[str, Any]:
     dataset, model, settings = parse_case(case)
     job = {
+        **make_job(args, dataset, "cpu", settings),
         "side": "harness",
-        "dataset": dataset,
         "model": model,
-        "device": "cpu",
-        "data_dir": args.data_dir,
-        "settings": settings,
-        "max_steps": args.max_steps,
-        "warmup_steps": args.warmup_steps,
-        "threads": args.threads,
-        "cache_dir": str(Path(args.cache_dir).resolve()),
         "keep_heap": True,  # no malloc_trim between the warm-up and the timed steps
     }
     rounds: list[dict[str, Any]] = []

@@ -373,6 +373,24 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def make_job(
+    args: argparse.Namespace, dataset: str, device: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """A worker's job (JSON) from the options it shares with other benchmarks: ``data_dir``,
+    ``max_steps``, ``warmup_steps``, ``threads``, ``cache_dir``; ``side`` and ``model`` are
+    added per worker."""
+    return {
+        "dataset": dataset,
+        "device": device,
+        "data_dir": args.data_dir,
+        "settings": settings,
+        "max_steps": args.max_steps,
+        "warmup_steps": args.warmup_steps,
+        "threads": args.threads,
+        "cache_dir": str(Path(args.cache_dir).resolve()),
+    }
+
+
 def spawn(job: dict[str, Any], time_limit: float) -> dict[str, Any]:
     """Run one job in a fresh ``python`` process (its own session, killed whole on time-out)."""
     with tempfile.TemporaryDirectory(prefix="model-speed-") as tmp:
@@ -710,16 +728,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
     if names == ["all"]:
         names = configs.ConfigTree.default().suite(args.dataset)
     settings = configs.parse_assignments(args.set) if args.set else {}
-    base_job = {
-        "dataset": args.dataset,
-        "device": dev,
-        "data_dir": args.data_dir,
-        "settings": settings,
-        "max_steps": args.max_steps,
-        "warmup_steps": args.warmup_steps,
-        "threads": args.threads,
-        "cache_dir": str(Path(args.cache_dir).resolve()),
-    }
+    base_job = make_job(args, args.dataset, dev, settings)
     rows: list[dict[str, Any]] = []
     for i, name in enumerate(names, 1):
         log(f"[{i}/{len(names)}] {name} ...")
