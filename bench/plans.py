@@ -48,7 +48,7 @@ from bench.contract import RunOptions, write_result
 from bench.errors import BenchError
 from bench.executor import RunRequest, is_cluster, make_executor
 from bench.io import write_json
-from recbole_ext.training import stops_after_a_batch
+from recbole_ext.training import deferred_until_saved
 
 JOB_KEYS = frozenset({"dataset", "models", "seeds", "name", "set", "budget_s", "epochs"})
 PLAN_KEYS = frozenset({"defaults", "jobs", "baselines"})
@@ -264,7 +264,7 @@ class PlanRecord:
     earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
-@stops_after_a_batch  # a run in this process saves its state first (recbole_ext.training)
+@deferred_until_saved  # a run in this process saves its state first (recbole_ext.training)
 def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

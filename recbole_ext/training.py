@@ -177,23 +177,23 @@ class _EpochLoss:
         return counted
 
 
-def stops_after_a_batch(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+def deferred_until_saved(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
     """Mark a signal handler (one that stops the program) as one a training run may serve
     after the batch it is on, once its state is saved there, instead of at once: a plan's own
     stop (:mod:`bench.plans`) is marked, so a run in the plan's process loses nothing."""
-    handler.stops_after_a_batch = True  # type: ignore[attr-defined]
+    handler.deferred_until_saved = True  # type: ignore[attr-defined]
     return handler
 
 
 def _deferrable(signum: int, handler: Any) -> bool:
     """Handlers whose stop may wait for a batch boundary: the default SIGTERM (ends the process),
-    Python's Ctrl-C (raises KeyboardInterrupt) and handlers marked :func:`stops_after_a_batch`.
+    Python's Ctrl-C (raises KeyboardInterrupt) and handlers marked :func:`deferred_until_saved`.
     Others (ignored signals, Ray's workers, a study's own) keep their behaviour."""
     if signum == signal.SIGTERM and handler is signal.SIG_DFL:
         return True
     if signum == signal.SIGINT and handler is signal.default_int_handler:
         return True
-    return bool(getattr(handler, "stops_after_a_batch", False))
+    return bool(getattr(handler, "deferred_until_saved", False))
 
 
 class _StopAfterABatch:
@@ -491,10 +491,10 @@ class RecordingMixin:
                 yield
             finally:
                 self._stop = None
-            # Asked during the last validation of a run its stopping rule ended: served here,
-            # before its test pass (resumed, it repeats that epoch).
-            if stop.requested is not None:
-                stop.serve()
+                # Asked where no boundary followed (the last validation of a run its stopping
+                # rule ended, a time budget's end): served here, before the test pass.
+                if stop.requested is not None:
+                    stop.serve()
 
     def stop_if_requested(self) -> None:
         """Serve a stop signal that waited for this point (call where the state is saved)."""
