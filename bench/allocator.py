@@ -24,13 +24,15 @@ import ctypes
 import os
 import sys
 
+from bench.errors import BenchError
+
 # mallopt's parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 # The largest trim threshold mallopt takes (a C int): a heap top this large free is returned.
 TRIM_THRESHOLD = 2**31 - 1
 
-ENV = "BENCH_MALLOC"  # "system": leave glibc's defaults
+ENV = "BENCH_MALLOC"  # "kept" (the default) or "system": glibc's defaults
 _applied: str | None = None
 
 
@@ -48,7 +50,10 @@ def keep_freed_memory() -> str:
     global _applied
     if _applied is not None:
         return _applied
-    if os.environ.get(ENV, "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+    asked = os.environ.get(ENV, "").strip().lower() or "kept"
+    if asked not in ("kept", "system"):
+        raise BenchError(f"{ENV} must be 'kept' (the default) or 'system', not {asked!r}")
+    if asked == "system" or not sys.platform.startswith("linux"):
         _applied = "system"
     elif _set_by_environment():
         _applied = "environment"

@@ -104,3 +104,14 @@ def test_a_run_computes_the_same_with_malloc_kept_or_not(tiny_sequences, tmp_pat
             results[mode, model] = (epochs, record["valid"], record["test"])
     for model in ("SLIME4Rec", "MultVAE"):
         assert results["kept", model] == results["system", model]
+
+
+def test_an_unknown_bench_malloc_value_is_refused(monkeypatch):
+    from bench import allocator
+    from bench.errors import BenchError
+
+    monkeypatch.setattr(allocator, "_applied", None)  # as in a fresh process
+    monkeypatch.setenv("BENCH_MALLOC", "off")
+    with pytest.raises(BenchError, match="BENCH_MALLOC must be 'kept' .* not 'off'"):
+        allocator.keep_freed_memory()
+    assert allocator._applied is None  # nothing was set
