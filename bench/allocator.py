@@ -43,6 +43,15 @@ def _set_by_environment() -> bool:
     )
 
 
+def requested() -> str:
+    """What ``BENCH_MALLOC`` asks: ``kept`` (unset) or ``system``; another value is refused
+    (the pre-flight asks first, before anything is written)."""
+    asked = os.environ.get(ENV, "").strip().lower() or "kept"
+    if asked not in ("kept", "system"):
+        raise BenchError(f"{ENV} must be 'kept' (the default) or 'system', not {asked!r}")
+    return asked
+
+
 def keep_freed_memory() -> str:
     """Tune this process's malloc as the module says, once; return how malloc runs here:
     ``kept`` (tuned now or earlier), ``environment`` (the environment's own settings),
@@ -50,9 +59,7 @@ def keep_freed_memory() -> str:
     global _applied
     if _applied is not None:
         return _applied
-    asked = os.environ.get(ENV, "").strip().lower() or "kept"
-    if asked not in ("kept", "system"):
-        raise BenchError(f"{ENV} must be 'kept' (the default) or 'system', not {asked!r}")
+    asked = requested()
     if asked == "system" or not sys.platform.startswith("linux"):
         _applied = "system"
     elif _set_by_environment():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import configs
+from bench import allocator, configs
 from bench.configs import ConfigTree
 from bench.contract import PLACEMENT_KEYS, RunOptions
 from bench.datasets import check_atomic_header, locate
@@ -272,6 +272,7 @@ def preflight(
     """Settings -> paths -> prepare -> checks for every (model, seed). ``searched`` names the
     keys a search or a grid (``searched_by`` says which, for the error) will set on top: they
     may not be fixed by the overrides too, and are checked as the overrides are."""
+    allocator.requested()  # a bad BENCH_MALLOC is refused here, not inside the first run
     tree = config_tree or ConfigTree.default()
     overrides = dict(settings or {})
     if epochs is not None:

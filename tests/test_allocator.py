@@ -115,3 +115,14 @@ def test_an_unknown_bench_malloc_value_is_refused(monkeypatch):
     with pytest.raises(BenchError, match="BENCH_MALLOC must be 'kept' .* not 'off'"):
         allocator.keep_freed_memory()
     assert allocator._applied is None  # nothing was set
+
+
+def test_bench_run_refuses_an_unknown_bench_malloc_before_writing_anything(tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "--models", "Pop", "--dataset", "ml-100k", "--quick", "--out", str(out)]
+    done = run_cli(*args, env={"BENCH_MALLOC": "off"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: BENCH_MALLOC must be 'kept' (the default) or 'system', not 'off'"
+    )
+    assert not out.exists()
