@@ -15,7 +15,11 @@ gathers them into one table per dataset, one row per (model, device):
   full validation pass; ``test s``: mean seconds of the test pass; ``data s``: mean seconds to
   load and split the data (the dataset cache included);
 - ``peak MiB train / test``: the largest over seeds (CPU: the process's peak resident memory,
-  dataset included; CUDA: ``max_memory_allocated``).
+  dataset included; CUDA: ``max_memory_allocated``); ``start MiB``: what the process held when
+  that seed's training began. A plan's worker runs one job after another in one process, and
+  where glibc keeps freed memory (``BENCH_MALLOC=keep``, or ``GLIBC_TUNABLES`` on code that does
+  not trim before a phase) a run starts on the heap its predecessor grew: a start near the peak
+  means the peak is that inherited heap, an upper bound on what the run itself needed.
 
 The figures are as fast as the runs were: a plan that ran two processes on two cores, or thirty
 on one GPU, measured each under that load (the plan's record says how many ran at once). Compare
@@ -45,7 +49,7 @@ from bench.contract import RunResult, load_results  # noqa: E402
 from bench.io import write_json, write_text  # noqa: E402
 from bench.leaderboard.render import markdown_table  # noqa: E402
 
-SCHEMA = 1
+SCHEMA = 2  # 2: train_start_mib
 
 
 def _median(values: list[float]) -> float | None:
@@ -70,10 +74,22 @@ def _device(result: RunResult) -> str:
     return f"cpu ({cores} cores)" if cores else "cpu"
 
 
+def _largest(phases: list[Any]) -> Any | None:
+    """The phase (``PhaseMemory``) with the largest recorded peak over the runs."""
+    known = [p for p in phases if p is not None and p.peak_mib is not None]
+    return max(known, key=lambda p: p.peak_mib) if known else None
+
+
 def _peak(phases: list[Any]) -> float | None:
-    """The largest recorded peak of one phase (``PhaseMemory``) over the runs."""
-    peaks = [p.peak_mib for p in phases if p is not None and p.peak_mib is not None]
-    return max(peaks) if peaks else None
+    """The largest recorded peak of one phase over the runs."""
+    phase = _largest(phases)
+    return None if phase is None else phase.peak_mib
+
+
+def _start_of_peak(phases: list[Any]) -> float | None:
+    """What the process held when the phase with the largest peak began."""
+    phase = _largest(phases)
+    return None if phase is None else phase.start_mib
 
 
 def costs(results: list[RunResult]) -> list[dict[str, Any]]:
@@ -105,6 +121,7 @@ def costs(results: list[RunResult]) -> list[dict[str, Any]]:
                 "data_seconds": _known_mean([t.data_seconds for t in timings]),
                 "train_peak_mib": _peak([m.train for m in memories]),
                 "test_peak_mib": _peak([m.test for m in memories]),
+                "train_start_mib": _start_of_peak([m.train for m in memories]),
                 "budget_limited": sum(r.stopped_by_budget for r in runs),
             }
         )
@@ -125,13 +142,16 @@ def markdown(report: dict[str, Any]) -> str:
         "the whole training stage (model building, epochs, validations), median seconds of a "
         "full validation pass, mean seconds of the test pass and of loading the data, and "
         "the largest peak memory over seeds (CPU: peak resident memory of the process, dataset "
-        "included; CUDA: `max_memory_allocated`). A run measures as fast as the machine let it: "
-        "compare rows of this table only.",
+        "included; CUDA: `max_memory_allocated`) with what the process held when that seed's "
+        "training began (`start`: a plan's worker runs its jobs one after another in one "
+        "process, and where glibc keeps freed memory a run starts on the heap its predecessor "
+        "grew, so a start near the peak makes the peak an upper bound on the run's own need). "
+        "A run measures as fast as the machine let it: compare rows of this table only.",
     ]
     if report.get("note"):
         lines += ["", f"Runs: {report['note']}"]
     header = ["model", "device", "seeds", "epochs", "epoch s", "train s", "valid s", "test s"]
-    header += ["data s", "peak MiB train / test"]
+    header += ["data s", "peak MiB train / test", "start MiB"]
     cells = []
     for row in report["rows"]:
         epoch = _fmt(row["epoch_seconds"]) + (" \u2020" if row["epoch_cut"] else "")
@@ -148,9 +168,10 @@ def markdown(report: dict[str, Any]) -> str:
                 _fmt(row["test_seconds"]),
                 _fmt(row["data_seconds"]),
                 memory,
+                _fmt(row["train_start_mib"], 0),
             ]
         )
-    lines += ["", *markdown_table(header, cells, [False, False] + [True] * 8)]
+    lines += ["", *markdown_table(header, cells, [False, False] + [True] * 9)]
     missing = [r["model"] for r in report["rows"] if r["train_peak_mib"] is None]
     if missing:
         lines += [

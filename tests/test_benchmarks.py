@@ -106,7 +106,8 @@ def _run_result(
         "epochs": epochs,
         "timing": {"data_seconds": 2.0, "train_seconds": 9.0, "eval_seconds": 3.0 + seed,
                    "earlier_train_seconds": earlier},
-        "memory": {"train": {"peak_mib": 100.0 + seed}, "test": {"peak_mib": 80.0}},
+        "memory": {"train": {"peak_mib": 100.0 + seed, "start_mib": 60.0 - seed},
+                   "test": {"peak_mib": 80.0}},
         "environment": {"device": device, "device_name": "H", "cpu_count": 2},
     }  # fmt: skip
 
@@ -147,11 +148,13 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     assert a["epoch_seconds"] == 5.0 and a["epoch_cut"] is False  # the cut 0.5 s left out
     assert a["valid_seconds"] == 1.0 and a["test_seconds"] == 3.5 and a["train_seconds"] == 11.0
     assert a["train_peak_mib"] == 101.0 and a["test_peak_mib"] == 80.0
+    assert a["train_start_mib"] == 59.0  # the start of the seed whose peak is shown (seed 1)
     assert a["budget_limited"] == 1
     b = rows[("B", "cpu (2 cores)")]
     assert b["epoch_seconds"] == 0.2 and b["epoch_cut"] is True
     text = (tmp_path / "perf" / "run_costs_d.md").read_text()
     assert "| B | cpu (2 cores) | 1 | 1.0 | 0.2 \u2020 | 9.0 |" in text
+    assert "| 101 / 80 | 59 |" in text
     assert "Runs: 2 at once" in text and "'2 at once'" in text
     assert run_costs.main(["--results", str(tmp_path), "--dataset", "none"]) == 2
 
