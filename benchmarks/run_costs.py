@@ -17,9 +17,10 @@ gathers them into one table per dataset, one row per (model, device):
 - ``peak MiB train / test``: the largest over seeds (CPU: the process's peak resident memory,
   dataset included; CUDA: ``max_memory_allocated``); ``start MiB``: what the process held when
   that seed's training began. A plan's worker runs one job after another in one process, and
-  where glibc keeps freed memory (``BENCH_MALLOC=keep``, or ``GLIBC_TUNABLES`` on code that does
-  not trim before a phase) a run starts on the heap its predecessor grew: a start near the peak
-  means the peak is that inherited heap, an upper bound on what the run itself needed.
+  where glibc keeps freed memory and nothing gives it back before a phase (``GLIBC_TUNABLES`` set
+  by hand, or results from before ``bench.allocator`` trimmed under ``BENCH_MALLOC=keep``) a run
+  starts on the heap its predecessor grew: a start near the peak means the peak is that
+  inherited heap, an upper bound on what the run itself needed.
 
 The figures are as fast as the runs were: a plan that ran two processes on two cores, or thirty
 on one GPU, measured each under that load (the plan's record says how many ran at once). Compare
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(REPO))
 
-from bench.contract import RunResult, load_results  # noqa: E402
+from bench.contract import PhaseMemory, RunResult, load_results  # noqa: E402
 from bench.io import write_json, write_text  # noqa: E402
 from bench.leaderboard.render import markdown_table  # noqa: E402
 
@@ -74,22 +75,10 @@ def _device(result: RunResult) -> str:
     return f"cpu ({cores} cores)" if cores else "cpu"
 
 
-def _largest(phases: list[Any]) -> Any | None:
-    """The phase (``PhaseMemory``) with the largest recorded peak over the runs."""
+def _largest(phases: list[PhaseMemory | None]) -> PhaseMemory:
+    """The phase with the largest recorded peak over the runs (an empty one where none has)."""
     known = [p for p in phases if p is not None and p.peak_mib is not None]
-    return max(known, key=lambda p: p.peak_mib) if known else None
-
-
-def _peak(phases: list[Any]) -> float | None:
-    """The largest recorded peak of one phase over the runs."""
-    phase = _largest(phases)
-    return None if phase is None else phase.peak_mib
-
-
-def _start_of_peak(phases: list[Any]) -> float | None:
-    """What the process held when the phase with the largest peak began."""
-    phase = _largest(phases)
-    return None if phase is None else phase.start_mib
+    return max(known, key=lambda p: p.peak_mib) if known else PhaseMemory()
 
 
 def costs(results: list[RunResult]) -> list[dict[str, Any]]:
@@ -107,6 +96,7 @@ def costs(results: list[RunResult]) -> list[dict[str, Any]]:
         valid = [e.valid_seconds for e in epochs if e.valid_score is not None]
         timings = [r.timing for r in runs if r.timing is not None]
         memories = [r.memory for r in runs if r.memory is not None]
+        train = _largest([m.train for m in memories])
         rows.append(
             {
                 "model": model,
@@ -119,9 +109,9 @@ def costs(results: list[RunResult]) -> list[dict[str, Any]]:
                 "train_seconds": _known_mean([t.train_seconds_all_sittings for t in timings]),
                 "test_seconds": _known_mean([t.eval_seconds for t in timings]),
                 "data_seconds": _known_mean([t.data_seconds for t in timings]),
-                "train_peak_mib": _peak([m.train for m in memories]),
-                "test_peak_mib": _peak([m.test for m in memories]),
-                "train_start_mib": _start_of_peak([m.train for m in memories]),
+                "train_peak_mib": train.peak_mib,
+                "test_peak_mib": _largest([m.test for m in memories]).peak_mib,
+                "train_start_mib": train.start_mib,
                 "budget_limited": sum(r.stopped_by_budget for r in runs),
             }
         )
@@ -144,8 +134,9 @@ def markdown(report: dict[str, Any]) -> str:
         "the largest peak memory over seeds (CPU: peak resident memory of the process, dataset "
         "included; CUDA: `max_memory_allocated`) with what the process held when that seed's "
         "training began (`start`: a plan's worker runs its jobs one after another in one "
-        "process, and where glibc keeps freed memory a run starts on the heap its predecessor "
-        "grew, so a start near the peak makes the peak an upper bound on the run's own need). "
+        "process, and where glibc keeps freed memory and nothing gives it back first, a run "
+        "starts on the heap its predecessor grew, so a start near the peak makes the peak an "
+        "upper bound on the run's own need). "
         "A run measures as fast as the machine let it: compare rows of this table only.",
     ]
     if report.get("note"):
