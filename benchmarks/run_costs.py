@@ -50,7 +50,7 @@ from bench.contract import PhaseMemory, RunResult, load_results  # noqa: E402
 from bench.io import write_json, write_text  # noqa: E402
 from bench.leaderboard.render import markdown_table  # noqa: E402
 
-SCHEMA = 2  # 2: train_start_mib
+SCHEMA = 3  # 2: train_start_mib; 3: runs_dir (where the records were read)
 
 
 def _median(values: list[float]) -> float | None:
@@ -126,8 +126,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# What the runs cost: {report['dataset']}",
         "",
-        "Read from the runs' own records under `results/runs/"
-        f"{report['dataset']}/` (no training here): median seconds of a complete training epoch "
+        f"Read from the runs' own records under `{report['runs_dir']}/` (no training here): "
+        "median seconds of a complete training epoch "
         "(\u2020: every epoch was cut by the time budget, the cut ones' median), mean seconds of "
         "the whole training stage (model building, epochs, validations), median seconds of a "
         "full validation pass, mean seconds of the test pass and of loading the data, and "
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "schema": SCHEMA,
         "dataset": args.dataset,
+        "runs_dir": (args.results / "runs" / args.dataset).as_posix(),
         "note": args.note,
         "command": command,
         "rows": rows,

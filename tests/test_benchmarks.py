@@ -156,6 +156,7 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     assert "| B | cpu (2 cores) | 1 | 1.0 | 0.2 \u2020 | 9.0 |" in text
     assert "| 101 / 80 | 59 |" in text
     assert "Runs: 2 at once" in text and "'2 at once'" in text
+    assert f"records under `{(tmp_path / 'runs' / 'd').as_posix()}/`" in text  # where it read
     assert run_costs.main(["--results", str(tmp_path), "--dataset", "none"]) == 2
 
 
