@@ -38,7 +38,8 @@ def test_harness_measurement_has_every_field(tiny_sequences, tmp_path):
     assert evaluation["users"] == 40 and evaluation["seconds"] > 0
     for phase in (train, evaluation):
         assert phase["memory"]["peak_rss_mib"] > 0
-        assert phase["cpu"]["user_seconds"] > 0 and phase["cpu"]["system_seconds"] >= 0
+        # >= 0: a tiny phase can finish inside one accounting tick on a fast machine (seen: 0.0)
+        assert phase["cpu"]["user_seconds"] >= 0 and phase["cpu"]["system_seconds"] >= 0
         assert phase["cpu"]["minor_faults"] >= 0
     assert result["malloc"] in ("kept", "environment", "system")  # as bench run would set it
     # the second build reads the dataset cache the first one wrote
