@@ -396,8 +396,14 @@ def config_hash(config: Mapping[str, Any]) -> str:
 # --- files --------------------------------------------------------------------------------------
 
 
+def runs_dir(out: str | os.PathLike, dataset: str | None = None) -> Path:
+    """Where results live: ``<out>/runs``, or one dataset's folder ``<out>/runs/<dataset>``."""
+    root = Path(out) / "runs"
+    return root / dataset if dataset else root
+
+
 def run_path(out: str | os.PathLike, dataset: str, model: str, seed: int) -> Path:
-    return Path(out) / "runs" / dataset / model / f"seed-{seed}.json"
+    return runs_dir(out, dataset) / model / f"seed-{seed}.json"
 
 
 def per_user_path(result_path: str | os.PathLike) -> Path:
@@ -455,9 +461,8 @@ def read_result(path: str | os.PathLike) -> RunResult | None:
 
 def load_results(out: str | os.PathLike, dataset: str | None = None) -> list[RunResult]:
     """Every readable result under ``<out>/runs`` (of one dataset, if given), in path order."""
-    root = Path(out) / "runs"
     pattern = f"{dataset}/*/seed-*.json" if dataset else "*/*/seed-*.json"
-    results = [read_result(p) for p in sorted(root.glob(pattern))]
+    results = [read_result(p) for p in sorted(runs_dir(out).glob(pattern))]
     return [r for r in results if r is not None]
 
 

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(REPO))
 
-from bench.contract import PhaseMemory, RunResult, load_results  # noqa: E402
+from bench.contract import PhaseMemory, RunResult, load_results, runs_dir  # noqa: E402
 from bench.io import write_json, write_text  # noqa: E402
 from bench.leaderboard.render import markdown_table  # noqa: E402
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "schema": SCHEMA,
         "dataset": args.dataset,
-        "runs_dir": (args.results / "runs" / args.dataset).as_posix(),
+        "runs_dir": runs_dir(args.results, args.dataset).as_posix(),
         "note": args.note,
         "command": command,
         "rows": rows,

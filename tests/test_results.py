@@ -74,3 +74,10 @@ def test_only_a_successful_result_file_counts(tmp_path):
     assert contract.completed(tmp_path, "tiny", "Pop", 0)
     path.write_text("{not json")
     assert not contract.completed(tmp_path, "tiny", "Pop", 0)
+
+
+def test_a_runs_result_lies_in_its_datasets_runs_dir(tmp_path):
+    # run_costs names this folder as its source; the writer and the readers must agree on it.
+    path = contract.run_path(tmp_path, "tiny", "Pop", 0)
+    assert path.parent.parent == contract.runs_dir(tmp_path, "tiny")
+    assert contract.runs_dir(tmp_path, "tiny").parent == contract.runs_dir(tmp_path)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import stats
-from bench.contract import load_results
+from bench.contract import load_results, runs_dir
 from bench.errors import BenchError
 from bench.io import write_json, write_text
 from bench.leaderboard.board import (
@@ -227,5 +227,5 @@ def refresh(out: str | os.PathLike, dataset: str) -> tuple[Path, Path] | None:
 
 
 def datasets_with_results(out: str | os.PathLike) -> list[str]:
-    root = Path(out) / "runs"
+    root = runs_dir(out)
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
