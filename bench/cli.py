@@ -157,14 +157,15 @@ def leaderboard_command(
 ) -> None:
     """Rebuild leaderboard/<dataset>.csv, .md, .significance.csv and .provenance.json."""
     from bench import leaderboard
+    from bench.contract import runs_dir
 
     datasets = [dataset] if dataset else leaderboard.datasets_with_results(results)
     if not datasets:
-        raise BenchError(f"no results under {results / 'runs'}")
+        raise BenchError(f"no results under {runs_dir(results)}")
     for name in datasets:
         written = leaderboard.write(results, name, baseline=baseline, test=test)
         if written is None:
-            raise BenchError(f"no results for dataset {name!r} under {results / 'runs'}")
+            raise BenchError(f"no results for dataset {name!r} under {runs_dir(results)}")
         typer.echo(f"{name}: {written[0]} and {written[1]}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import leaderboard, plots, stats
-from bench.contract import RunResult, Timing
+from bench.contract import RunResult, Timing, runs_dir
 from bench.errors import BenchError
 from bench.io import write_text
 from bench.leaderboard.board import bigger_is_better
@@ -151,9 +151,9 @@ def write_report(
     pairs = list(pairs)
     board = leaderboard.compute(out, dataset, baseline, test=test, pairs=pairs)
     if board is None:
-        raise BenchError(f"no results for dataset {dataset!r} under {out / 'runs'}")
+        raise BenchError(f"no results for dataset {dataset!r} under {runs_dir(out)}")
     if not board.ok:
-        raise BenchError(f"no successful run for dataset {dataset!r} under {out / 'runs'}")
+        raise BenchError(f"no successful run for dataset {dataset!r} under {runs_dir(out)}")
     leaderboard.write_board(out, board)
     folder = out / "reports" / dataset
     figures = folder / "figures"
