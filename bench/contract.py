@@ -402,8 +402,13 @@ def runs_dir(out: str | os.PathLike, dataset: str | None = None) -> Path:
     return root / dataset if dataset else root
 
 
+def _result_name(seed: int | str) -> str:
+    """A result file's name: ``seed-<seed>.json`` (``"*"`` gives the glob of them all)."""
+    return f"seed-{seed}.json"
+
+
 def run_path(out: str | os.PathLike, dataset: str, model: str, seed: int) -> Path:
-    return runs_dir(out, dataset) / model / f"seed-{seed}.json"
+    return runs_dir(out, dataset) / model / _result_name(seed)
 
 
 def per_user_path(result_path: str | os.PathLike) -> Path:
@@ -461,7 +466,7 @@ def read_result(path: str | os.PathLike) -> RunResult | None:
 
 def load_results(out: str | os.PathLike, dataset: str | None = None) -> list[RunResult]:
     """Every readable result under ``<out>/runs`` (of one dataset, if given), in path order."""
-    pattern = f"{dataset}/*/seed-*.json" if dataset else "*/*/seed-*.json"
+    pattern = f"{dataset or '*'}/*/{_result_name('*')}"
     results = [read_result(p) for p in sorted(runs_dir(out).glob(pattern))]
     return [r for r in results if r is not None]
 
