@@ -35,12 +35,13 @@ Writes ``results/perf/run_costs_<dataset>.{json,md}`` atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
@@ -51,6 +52,42 @@ from bench.io import write_json, write_text  # noqa: E402
 from bench.leaderboard.render import markdown_table  # noqa: E402
 
 SCHEMA = 3  # 2: train_start_mib; 3: runs_dir (where the records were read)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """One (model, device) row: what its successful runs cost (see the module docstring)."""
+
+    model: str
+    device: str
+    seeds: int
+    epochs: float | None
+    epoch_seconds: float | None
+    epoch_cut: bool  # every training epoch was cut by the budget: epoch_seconds is theirs
+    valid_seconds: float | None
+    train_seconds: float | None
+    test_seconds: float | None
+    data_seconds: float | None
+    train_peak_mib: float | None
+    test_peak_mib: float | None
+    train_start_mib: float | None
+    budget_limited: int  # seeds the time budget stopped
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """``run_costs_<dataset>.json``: the rows and where and how they were read."""
+
+    dataset: str
+    runs_dir: str
+    note: str
+    command: str
+    rows: list[ModelCost]
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict:
+        record = dataclasses.asdict(self)
+        return {"schema": record.pop("schema"), **record}  # the schema first, as written before
 
 
 def _median(values: list[float]) -> float | None:
@@ -81,7 +118,7 @@ def _largest(phases: list[PhaseMemory | None]) -> PhaseMemory:
     return max(known, key=lambda p: p.peak_mib) if known else PhaseMemory()
 
 
-def costs(results: list[RunResult]) -> list[dict[str, Any]]:
+def costs(results: list[RunResult]) -> list[ModelCost]:
     """One row per (model, device) over the successful results, in the order first seen."""
     groups: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for result in results:
@@ -98,22 +135,22 @@ def costs(results: list[RunResult]) -> list[dict[str, Any]]:
         memories = [r.memory for r in runs if r.memory is not None]
         train = _largest([m.train for m in memories])
         rows.append(
-            {
-                "model": model,
-                "device": device,
-                "seeds": len(runs),
-                "epochs": _mean([float(r.epochs_run) for r in runs]),
-                "epoch_seconds": _median(whole) if whole else _median(cut),
-                "epoch_cut": not whole and bool(cut),
-                "valid_seconds": _median([v for v in valid if v]),
-                "train_seconds": _known_mean([t.train_seconds_all_sittings for t in timings]),
-                "test_seconds": _known_mean([t.eval_seconds for t in timings]),
-                "data_seconds": _known_mean([t.data_seconds for t in timings]),
-                "train_peak_mib": train.peak_mib,
-                "test_peak_mib": _largest([m.test for m in memories]).peak_mib,
-                "train_start_mib": train.start_mib,
-                "budget_limited": sum(r.stopped_by_budget for r in runs),
-            }
+            ModelCost(
+                model=model,
+                device=device,
+                seeds=len(runs),
+                epochs=_mean([float(r.epochs_run) for r in runs]),
+                epoch_seconds=_median(whole) if whole else _median(cut),
+                epoch_cut=not whole and bool(cut),
+                valid_seconds=_median([v for v in valid if v]),
+                train_seconds=_known_mean([t.train_seconds_all_sittings for t in timings]),
+                test_seconds=_known_mean([t.eval_seconds for t in timings]),
+                data_seconds=_known_mean([t.data_seconds for t in timings]),
+                train_peak_mib=train.peak_mib,
+                test_peak_mib=_largest([m.test for m in memories]).peak_mib,
+                train_start_mib=train.start_mib,
+                budget_limited=sum(r.stopped_by_budget for r in runs),
+            )
         )
     return rows
 
@@ -122,11 +159,11 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: CostReport) -> str:
     lines = [
-        f"# What the runs cost: {report['dataset']}",
+        f"# What the runs cost: {report.dataset}",
         "",
-        f"Read from the runs' own records under `{report['runs_dir']}/` (no training here): "
+        f"Read from the runs' own records under `{report.runs_dir}/` (no training here): "
         "median seconds of a complete training epoch "
         "(\u2020: every epoch was cut by the time budget, the cut ones' median), mean seconds of "
         "the whole training stage (model building, epochs, validations), median seconds of a "
@@ -139,31 +176,31 @@ def markdown(report: dict[str, Any]) -> str:
         "upper bound on the run's own need). "
         "A run measures as fast as the machine let it: compare rows of this table only.",
     ]
-    if report.get("note"):
-        lines += ["", f"Runs: {report['note']}"]
+    if report.note:
+        lines += ["", f"Runs: {report.note}"]
     header = ["model", "device", "seeds", "epochs", "epoch s", "train s", "valid s", "test s"]
     header += ["data s", "peak MiB train / test", "start MiB"]
     cells = []
-    for row in report["rows"]:
-        epoch = _fmt(row["epoch_seconds"]) + (" \u2020" if row["epoch_cut"] else "")
-        memory = f"{_fmt(row['train_peak_mib'], 0)} / {_fmt(row['test_peak_mib'], 0)}"
+    for row in report.rows:
+        epoch = _fmt(row.epoch_seconds) + (" \u2020" if row.epoch_cut else "")
+        memory = f"{_fmt(row.train_peak_mib, 0)} / {_fmt(row.test_peak_mib, 0)}"
         cells.append(
             [
-                str(row["model"]),
-                str(row["device"]),
-                str(row["seeds"]),
-                _fmt(row["epochs"]),
+                row.model,
+                row.device,
+                str(row.seeds),
+                _fmt(row.epochs),
                 epoch,
-                _fmt(row["train_seconds"]),
-                _fmt(row["valid_seconds"]),
-                _fmt(row["test_seconds"]),
-                _fmt(row["data_seconds"]),
+                _fmt(row.train_seconds),
+                _fmt(row.valid_seconds),
+                _fmt(row.test_seconds),
+                _fmt(row.data_seconds),
                 memory,
-                _fmt(row["train_start_mib"], 0),
+                _fmt(row.train_start_mib, 0),
             ]
         )
     lines += ["", *markdown_table(header, cells, [False, False] + [True] * 9)]
-    missing = [r["model"] for r in report["rows"] if r["train_peak_mib"] is None]
+    missing = [r.model for r in report.rows if r.train_peak_mib is None]
     if missing:
         lines += [
             "",
@@ -171,7 +208,7 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(missing)
             + ".",
         ]
-    lines += ["", f"Command: `{report['command']}`", ""]
+    lines += ["", f"Command: `{report.command}`", ""]
     return "\n".join(lines)
 
 
@@ -187,18 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_costs: no results for {args.dataset!r} under {args.results}", file=sys.stderr)
         return 2
     rows = costs(results)
-    rows.sort(key=lambda r: (r["device"], r["epoch_seconds"] or 0.0))
+    rows.sort(key=lambda r: (r.device, r.epoch_seconds or 0.0))
     command = shlex.join(["python", "benchmarks/run_costs.py", *(argv or sys.argv[1:])])
-    report = {
-        "schema": SCHEMA,
-        "dataset": args.dataset,
-        "runs_dir": runs_dir(args.results, args.dataset).as_posix(),
-        "note": args.note,
-        "command": command,
-        "rows": rows,
-    }
+    report = CostReport(
+        dataset=args.dataset,
+        runs_dir=runs_dir(args.results, args.dataset).as_posix(),
+        note=args.note,
+        command=command,
+        rows=rows,
+    )
     out = args.out or args.results / "perf"
-    write_json(out / f"run_costs_{args.dataset}.json", report)
+    write_json(out / f"run_costs_{args.dataset}.json", report.to_json())
     write_text(out / f"run_costs_{args.dataset}.md", markdown(report))
     print(out / f"run_costs_{args.dataset}.md")
     return 0

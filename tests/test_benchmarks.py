@@ -119,10 +119,7 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
     def write_result(out, record):  # the records below are schema-1 style: migrated on reading
         write_run(out, parse_result(record))
 
-    path = ROOT / "benchmarks" / "run_costs.py"
-    spec = importlib.util.spec_from_file_location("run_costs", path)
-    run_costs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_costs)
+    from benchmarks import run_costs
 
     def epoch(n, seconds, cut=None, valid=1.0):
         return {"epoch": n, "train_seconds": seconds, "valid_score": 0.1,
@@ -141,6 +138,7 @@ def test_run_costs_are_read_from_the_runs_records(tmp_path):
         run_costs.main(["--results", str(tmp_path), "--dataset", "d", "--note", "2 at once"]) == 0
     )
     report = json.loads((tmp_path / "perf" / "run_costs_d.json").read_text())
+    assert list(report)[:2] == ["schema", "dataset"] and report["schema"] == run_costs.SCHEMA
     rows = {(r["model"], r["device"]): r for r in report["rows"]}
     assert set(rows) == {("A", "cpu (2 cores)"), ("B", "cpu (2 cores)"), ("A", "cuda (H)")}
     a = rows[("A", "cpu (2 cores)")]
