@@ -6,6 +6,8 @@ checkpoints under the plan's ``--out`` folder and runs nothing.
 A run counts as finished exactly when ``bench plan --resume`` would skip it; a result that does
 not answer the plan (a run its time budget cut, or one with other settings) is said beside the
 run's state, as is a run with neither result nor checkpoint, which starts from its first epoch.
+A two-stage model (S3Rec) still in its pre-training, or between its stages, is unfinished with no
+fine-tuning epochs; its note says where the pre-training stands.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ class RunProgress:
     finished so far (unfinished); ``patience``: validations without a new best against the
     run's ``stopping_step`` (unfinished; the count is -1 during a warm-up);
     ``warmup``: the epochs early stopping waits for (``stopping_warmup_epochs``);
-    ``train_seconds``: every sitting's; ``batches_into_epoch``: an unfinished run's batches of
-    its next epoch already trained on (a checkpoint taken inside an epoch)."""
+    ``train_seconds``: every sitting's, a two-stage model's pre-training included
+    (``pretrain_seconds``: that stage's share); ``batches_into_epoch``: an unfinished run's
+    batches of its next epoch already trained on (a checkpoint taken inside an epoch). A run
+    still in its pre-training is unfinished with 0 epochs, its stage's progress in ``note``."""
 
     run: PlannedRun
     state: State
@@ -46,6 +50,7 @@ class RunProgress:
     test_score: float | None = None
     note: str | None = None
     batches_into_epoch: int | None = None
+    pretrain_seconds: float = 0.0
 
 
 def _finished(run: PlannedRun, result: RunResult, limit: int | None) -> RunProgress:
@@ -105,6 +110,26 @@ def plan_progress(
             note = "; ".join(notes)
             progress.append(RunProgress(run, "unfinished", epoch_limit=limit, note=note))
             continue
+        model = ready.spec.cls.__name__
+        stage = run_state.pretrain_summary(folder, model) if folder is not None else None
+        if (last is None or not last.is_file()) and stage is not None:
+            total = ready.config_dict.get("pretrain_epochs")
+            if stage.ended:
+                notes.append(f"pre-training ended after {stage.epochs} epochs; fine-tuning next")
+            else:
+                notes.append(f"pre-training: {stage.epochs} / {total} epochs")
+            seconds = stage.elapsed_seconds
+            progress.append(
+                RunProgress(
+                    run,
+                    "unfinished",
+                    epoch_limit=limit,
+                    train_seconds=seconds,
+                    pretrain_seconds=seconds,
+                    note="; ".join(notes),
+                )
+            )
+            continue
         if last is None or not last.is_file():
             if folder is not None:
                 others = sorted(f.name for f in folder.parent.glob(f"seed-{run.seed}-*"))
@@ -114,6 +139,8 @@ def plan_progress(
             progress.append(RunProgress(run, "not started", epoch_limit=limit, note=note))
             continue
         where = run_state.summary(last)
+        # Fine-tuning's clock counts its own sittings; a finished pre-training adds its own.
+        pretraining_seconds = stage.elapsed_seconds if stage is not None else 0.0
         progress.append(
             RunProgress(
                 run,
@@ -124,9 +151,10 @@ def plan_progress(
                 best_valid_score=where.best_valid_score,
                 patience=(where.cur_step, int(ready.config_dict.get("stopping_step") or 0)),
                 warmup=ready.settings.stopping_warmup_epochs,
-                train_seconds=where.elapsed_seconds,
+                train_seconds=where.elapsed_seconds + pretraining_seconds,
                 note="; ".join(notes) or None,
                 batches_into_epoch=where.batches_into_epoch,
+                pretrain_seconds=pretraining_seconds,
             )
         )
     return progress
@@ -170,7 +198,7 @@ def remaining(progress: list[RunProgress]) -> Remaining:
             finished.setdefault((p.run.dataset, p.run.label), []).append(p.train_seconds)
     for p in progress:
         if p.state == "unfinished" and p.epochs > 0:
-            per_epoch = p.train_seconds / p.epochs
+            per_epoch = (p.train_seconds - p.pretrain_seconds) / p.epochs
             fewest, most = _epochs_left(p)
             min_s += fewest * per_epoch
             max_s += most * per_epoch

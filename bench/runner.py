@@ -210,13 +210,14 @@ def execute(
         t1 = time.perf_counter()
         train_memory = PeakMemory(config["device"]).start()
         pretrain_records: list = []
+        pretrain_earlier_seconds = 0.0  # a resumed run's pre-training in earlier sittings
         # What the run was asked for, kept over what the fine-tuning stage is configured with:
         # --resume compares a result's config with the next ask.
         budget = settings.time_budget_s
         asked: dict[str, Any] = {"time_budget_s": budget}
         if needs_pretraining(config):
             asked["train_stage"] = config["train_stage"]
-            pretrained, pretrain_records = pretrain(
+            stage = pretrain(
                 config,
                 prepared.spec.cls,
                 train_data,
@@ -227,9 +228,11 @@ def execute(
                 settings=settings,
                 replay_stop=replay.pretrain if replay else None,
             )
-            config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
+            pretrain_records = stage.records
+            pretrain_earlier_seconds = stage.earlier_seconds
+            config_dict.update(train_stage="finetune", pre_model_path=str(stage.path))
             if budget:  # fine-tuning gets what pre-training left of the run's budget
-                spent = time.perf_counter() - t1
+                spent = time.perf_counter() - t1 + pretrain_earlier_seconds
                 settings = dataclasses.replace(settings, time_budget_s=max(budget - spent, 1e-6))
             config = Config(
                 model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict
@@ -318,7 +321,8 @@ def execute(
             eval_seconds=eval_seconds,
             total_seconds=data_seconds + train_seconds + eval_seconds,
             resumed_from_epoch=resumed_from,
-            earlier_train_seconds=trainer.elapsed_before,
+            # Fine-tuning's clock counts its own earlier sittings only.
+            earlier_train_seconds=trainer.elapsed_before + pretrain_earlier_seconds,
             resumed_from_batch=trainer.resumed_from_batch,
         ),
         memory=Memory(train=PhaseMemory(**train_peak), test=PhaseMemory(**test_peak)),

@@ -643,6 +643,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from bench.memory import PeakMemory
     from bench.preflight import prepare
     from bench.runner import build_model
+    from recbole_ext import run_state
     from recbole_ext.data import LengthBucketedBatches, load_dataset, prepare_data
     from recbole_ext.training import recording_trainer
 
@@ -742,7 +743,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
                 }
             )
             if stage == "pretrain":  # fine-tuning starts from these weights, as bench run does
-                pretrained = checkpoint_dir / f"{config['model']}-pretrained.pth"
+                pretrained = run_state.pretrained_weights(checkpoint_dir, config["model"])
                 torch.save({"state_dict": model.state_dict()}, pretrained)
         return {
             "dataset": job["dataset"],

@@ -264,7 +264,7 @@ def measure_harness(job: dict[str, Any]) -> dict[str, Any]:
         data = prepare_data(config, dataset)
         data_seconds = time.perf_counter() - t0
         if needs_pretraining(config):
-            pretrained, _ = pretrain(config, prepared.spec.cls, data.train, data.model_dataset)
+            pretrained = pretrain(config, prepared.spec.cls, data.train, data.model_dataset).path
             config_dict.update(train_stage="finetune", pre_model_path=str(pretrained))
             config = Config(
                 model=prepared.spec.cls, dataset=prepared.data_name, config_dict=config_dict

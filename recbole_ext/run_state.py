@@ -205,6 +205,49 @@ def summary(path: str | os.PathLike) -> CheckpointSummary:
     )
 
 
+# --- a two-stage model's pre-training (S3Rec) -----------------------------------------------------
+# While the stage runs, its state after every epoch is ``pretrain-last.pth``; once it ends, the
+# weights fine-tuning loads (with the stage's records and seconds) are ``<Model>-pretrained.pth``.
+PRETRAIN_LAST = "pretrain-last.pth"
+
+
+def pretrained_weights(folder: str | os.PathLike, model: str) -> Path:
+    """The weights file a finished pre-training stage leaves in a run's checkpoint folder."""
+    return Path(folder) / f"{model}-pretrained.pth"
+
+
+def stage_seconds(weights: dict[str, Any]) -> float:
+    """A pre-trained weights file's training seconds over every sitting (files from before
+    they were kept: the sum of the stage's epoch seconds)."""
+    records = weights.get("records", [])
+    fallback = sum(r.get("train_seconds") or 0.0 for r in records)
+    return float(weights.get("elapsed_seconds", fallback))
+
+
+@dataclass(frozen=True)
+class PretrainSummary:
+    """Where a run's pre-training stands: its epochs finished, whether the stage ended (its
+    weights saved for fine-tuning) and its training seconds over every sitting."""
+
+    epochs: int
+    ended: bool
+    elapsed_seconds: float
+
+
+def pretrain_summary(folder: str | os.PathLike, model: str) -> PretrainSummary | None:
+    """The :class:`PretrainSummary` of a run's checkpoint folder, or None where it holds no
+    pre-training (a one-stage model, or a run not started)."""
+    weights = pretrained_weights(folder, model)
+    if weights.is_file():
+        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        return PretrainSummary(len(state.get("records", [])), True, stage_seconds(state))
+    last = Path(folder) / PRETRAIN_LAST
+    if last.is_file():
+        where = summary(last)
+        return PretrainSummary(where.epochs, False, where.elapsed_seconds)
+    return None
+
+
 def restore_model_and_optimizer(trainer: Any, state: dict[str, Any]) -> None:
     """Put the saved weights, scalars, optimizer and early-stopping state into ``trainer``."""
     if state.get("format") != FORMAT:

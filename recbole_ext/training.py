@@ -698,6 +698,16 @@ def needs_pretraining(config: Any) -> bool:
     return issubclass(trainer_class, PretrainTrainer) and config["train_stage"] == "pretrain"
 
 
+@dataclass(frozen=True)
+class PretrainedStage:
+    """What pre-training hands to fine-tuning: the weights file, the stage's epoch records and
+    the stage's training seconds spent in earlier sittings (0 when it all ran in this one)."""
+
+    path: Path
+    records: list[EpochRecord]
+    earlier_seconds: float = 0.0
+
+
 def pretrain(
     config: Any,
     model_class: type,
@@ -708,7 +718,7 @@ def pretrain(
     resume: bool = False,
     settings: HarnessSettings | None = None,
     replay_stop: RecordedStop | None = None,
-) -> tuple[Path, list[EpochRecord]]:
+) -> PretrainedStage:
     """Run the pre-training stage for ``config["pretrain_epochs"]`` epochs, or until ``budget_s``
     seconds are spent (0: no cap), and save the final weights (tensors only) and the stage's
     epoch records into ``checkpoint_dir`` (default: the config's), for fine-tuning to load.
@@ -717,14 +727,17 @@ def pretrain(
     recorded run's budget ended it.
 
     The state after every epoch is kept in ``pretrain-last.pth`` until the stage ends; with
-    ``resume`` a finished stage is not run again and an unfinished one continues from it.
+    ``resume`` a finished stage is not run again and an unfinished one continues from it. The
+    weights file keeps the stage's training seconds, so a run resumed after it ended still
+    counts them.
     """
     folder = Path(checkpoint_dir or config["checkpoint_dir"])
-    path = folder / f"{config['model']}-pretrained.pth"
-    last = folder / "pretrain-last.pth"
+    path = run_state.pretrained_weights(folder, config["model"])
+    last = folder / run_state.PRETRAIN_LAST
     if resume and path.is_file():
         saved = run_state.load(path)
-        return path, [EpochRecord(**r) for r in saved.get("records", [])]
+        records = [EpochRecord(**r) for r in saved.get("records", [])]
+        return PretrainedStage(path, records, earlier_seconds=run_state.stage_seconds(saved))
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, model_dataset).to(config["device"])
     if settings is None:
@@ -749,7 +762,11 @@ def pretrain(
             trainer.save_last(epoch_idx, train_data)
             trainer.stop_if_requested()
     records = trainer.epochs_record
-    weights = {"state_dict": model.state_dict(), "records": [asdict(r) for r in records]}
+    weights = {
+        "state_dict": model.state_dict(),
+        "records": [asdict(r) for r in records],
+        "elapsed_seconds": trainer.training_seconds(),
+    }
     run_state.save(path, weights)
     last.unlink(missing_ok=True)
-    return path, records
+    return PretrainedStage(path, records, earlier_seconds=trainer.elapsed_before)

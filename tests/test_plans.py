@@ -16,7 +16,7 @@ import torch
 from bench import configs, contract, executor, plans
 from bench.errors import BenchError
 from recbole_ext import run_state
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY
 
 
 def write_plan(tmp_path, text: str):
@@ -164,6 +164,49 @@ jobs:
     with pytest.raises(BenchError, match="unknown setting 'hiden_size'.*did you mean hidden_size"):
         plans.execute(path, out=out, device="cpu", data_dir=tiny_sequences, echo=print)
     assert not (out / "plans").exists() and not (out / "runs").exists()
+
+
+def test_status_says_where_a_two_stage_run_stands_in_its_pre_training(tiny_sequences):
+    from bench import api
+    from bench.progress import plan_progress, remaining
+
+    settings = {**TINY, "pretrain_epochs": 5, "stopping_step": 10}
+    path = write_plan(
+        tiny_sequences,
+        f"jobs:\n  - {{dataset: tiny, models: [S3Rec], epochs: 3, set: {json.dumps(settings)}}}\n",
+    )
+    out = tiny_sequences / "out"
+    common = dict(out=out, data_dir=tiny_sequences, device="cpu")
+    # One epoch of each stage, then the budget: pre-training ended, fine-tuning has a checkpoint.
+    cut = {**settings, "time_budget_s": 1e-6}
+    (partial,) = api.run(["S3Rec"], "tiny", settings=cut, epochs=3, **common).results
+    assert partial.stopped_by_budget and len(partial.pretrain_epochs) == 1
+    (folder,) = (out / "checkpoints" / "tiny" / "S3Rec").iterdir()
+    weights = torch.load(run_state.pretrained_weights(folder, "S3Rec"), weights_only=True)
+    stage_s = weights["elapsed_seconds"]
+    fine_state = torch.load(folder / "last.pth", weights_only=True)
+    fine_s = fine_state["elapsed_seconds"]
+
+    (fine_tuning,) = plan_progress(path, **common)
+    assert fine_tuning.state == "unfinished" and fine_tuning.epochs == 1
+    assert fine_tuning.train_seconds == pytest.approx(stage_s + fine_s)  # both stages count
+    assert fine_tuning.pretrain_seconds == stage_s
+    per_epoch = remaining([fine_tuning]).unfinished_max_h * 3600 / 2  # 2 epochs left
+    assert per_epoch == pytest.approx(fine_s)  # fine-tuning's own seconds an epoch
+
+    (folder / "last.pth").unlink()  # between the stages
+    (between,) = plan_progress(path, **common)
+    assert (between.state, between.epochs, between.train_seconds) == ("unfinished", 0, stage_s)
+    assert between.note.endswith("pre-training ended after 1 epochs; fine-tuning next")
+
+    # Inside the stage: its state after epoch 1 of 5 (a fine-tuning state stands in for it).
+    state = fine_state | {"epoch": 1, "elapsed_seconds": 4.0}
+    run_state.save(folder / run_state.PRETRAIN_LAST, state)
+    run_state.pretrained_weights(folder, "S3Rec").unlink()
+    (inside,) = plan_progress(path, **common)
+    assert (inside.state, inside.epochs, inside.train_seconds) == ("unfinished", 0, 4.0)
+    assert inside.note.endswith("pre-training: 2 / 5 epochs")
+    assert remaining([inside]).unmeasured == 1
 
 
 def test_status_says_which_runs_finished_where_the_others_stand_and_which_wait(

@@ -206,6 +206,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(case: str, tmp_path: Pat
     result = _result(out, model)
     if model == "S3Rec":  # killed in pre-training: that stage continued, fine-tuning is new
         assert result["timing"]["resumed_from_epoch"] is None
+        # The killed sitting's pre-training counts in the run's training time.
+        assert result["timing"]["earlier_train_seconds"] == last["elapsed_seconds"] > 0
         assert _training_record(result) == _training_record(expected)
         pretraining = [(e["epoch"], e["train_loss"]) for e in result["pretrain_epochs"]]
         assert pretraining == [(e["epoch"], e["train_loss"]) for e in expected["pretrain_epochs"]]

@@ -249,6 +249,27 @@ def test_resume_skips_a_finished_two_stage_run(tiny_sequences):
     assert again.skipped == [("S3Rec", 0)] and not again.results
 
 
+def test_a_run_resumed_after_its_pretraining_counts_that_stage_s_seconds(tiny_sequences):
+    """Pre-training ended in an earlier sitting and fine-tuning was cut: the resumed run's
+    training time holds both stages' earlier seconds, not fine-tuning's alone."""
+    out = tiny_sequences / "o"
+    settings = {**TINY, "pretrain_epochs": 5, "stopping_step": 10}
+    kwargs = dict(data_dir=tiny_sequences, out=out, epochs=3, seeds=(0,))
+    cut = {**settings, "time_budget_s": 1e-6}  # one epoch of each stage, then the budget
+    (first,) = api.run(["S3Rec"], "tiny", settings=cut, **kwargs).results
+    assert first.ok and first.stopped_by_budget, first.error
+    (folder,) = (out / "checkpoints" / "tiny" / "S3Rec").iterdir()
+    stage = torch.load(folder / "S3Rec-pretrained.pth", weights_only=True)
+    fine_tuning = torch.load(folder / "last.pth", weights_only=True)
+    assert stage["elapsed_seconds"] > 0 and fine_tuning["elapsed_seconds"] > 0
+
+    (again,) = api.run(["S3Rec"], "tiny", settings=settings, resume=True, **kwargs).results
+    assert again.ok and again.timing.resumed_from_epoch == 1, again.error
+    assert len(again.pretrain_epochs) == 1  # a finished stage is reused as it is
+    earlier = stage["elapsed_seconds"] + fine_tuning["elapsed_seconds"]
+    assert again.timing.earlier_train_seconds == pytest.approx(earlier)
+
+
 # --- whole sequences (train_regime: users) in both stages ---
 
 
