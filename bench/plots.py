@@ -150,7 +150,12 @@ def learning_curves(
                 epochs, by_epoch["min"], by_epoch["max"], color=line.get_color(), alpha=0.2
             )
         else:  # a band needs two epochs; a single validated epoch (e.g. Pop) gets a range bar
-            spread = [by_epoch["mean"] - by_epoch["min"], by_epoch["max"] - by_epoch["mean"]]
+            # Clipped: the mean of equal scores (a deterministic model's seeds) can round one
+            # ulp past them, and matplotlib refuses a negative error bar.
+            spread = [
+                (by_epoch["mean"] - by_epoch["min"]).clip(lower=0.0),
+                (by_epoch["max"] - by_epoch["mean"]).clip(lower=0.0),
+            ]
             ax.errorbar(epochs, by_epoch["mean"], yerr=spread, color=line.get_color(), capsize=4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (from 0)")

@@ -84,6 +84,28 @@ def test_figures_of_many_models_keep_their_plots_and_list_them_below(tmp_path):
         assert imread(png).shape[0] > imread(few[0]).shape[0]
 
 
+def test_learning_curves_of_a_deterministic_one_epoch_model_over_seeds(tmp_path):
+    # Pop, EASE and the like validate once, with the same score for every seed; the mean of
+    # three equal floats can round past them (0.1 here: one ulp above, 0.7: one below), which
+    # made the range bar negative and matplotlib refuse the whole report.
+    results = []
+    for model, score in (("Pop", 0.1), ("EASE", 0.7)):
+        assert pd.Series([score] * 3).mean() != score  # the rounding this test is about
+        for seed in (0, 1, 2):
+            record = {
+                "status": "ok",
+                "dataset": "d",
+                "model": model,
+                "seed": seed,
+                "valid_metric": "ndcg@10",
+                "epochs": [{"epoch": 0, "valid_score": score}],
+                "test": {"ndcg@10": score},
+                "timing": {"train_seconds": 1.0},
+            }
+            results.append(parse_result(record))
+    _check_figures(plots.learning_curves(results, tmp_path))
+
+
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory) -> Path:
     """Pop and BPR, two seeds each, two epochs, on ml-100k (a few seconds per run)."""
