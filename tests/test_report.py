@@ -31,25 +31,29 @@ def _check_figures(paths: list[Path]) -> None:
     assert not list(png.parent.glob("*.tmp"))
 
 
+def _result(model: str, seed: int, valid_scores: list[float], test: dict[str, float]):
+    """A finished run on dataset "d" with these validation scores (epochs from 0)."""
+    record = {
+        "status": "ok",
+        "dataset": "d",
+        "model": model,
+        "seed": seed,
+        "valid_metric": "ndcg@10",
+        "epochs": [{"epoch": e, "valid_score": v} for e, v in enumerate(valid_scores)],
+        "test": test,
+        "timing": {"train_seconds": 1.0},
+    }
+    return parse_result(record)
+
+
 def _synthetic_results(models=(("A", 1.0), ("B", 0.5))):
     results = []
     for model, scale in models:
         for seed in (0, 1):
             epochs = 3 if seed == 0 else 2  # early stopping: curves align by epoch
-            record = {
-                "status": "ok",
-                "dataset": "d",
-                "model": model,
-                "seed": seed,
-                "valid_metric": "ndcg@10",
-                "epochs": [
-                    {"epoch": e, "valid_score": scale * (e + 1) / 10 + seed / 100}
-                    for e in range(epochs)
-                ],
-                "test": {"ndcg@5": scale * 0.1, "ndcg@10": scale * 0.2, "hit@10": scale * 0.3},
-                "timing": {"train_seconds": 1.0},
-            }
-            results.append(parse_result(record))
+            scores = [scale * (e + 1) / 10 + seed / 100 for e in range(epochs)]
+            test = {"ndcg@5": scale * 0.1, "ndcg@10": scale * 0.2, "hit@10": scale * 0.3}
+            results.append(_result(model, seed, scores, test))
     return results
 
 
@@ -91,18 +95,7 @@ def test_learning_curves_of_a_deterministic_one_epoch_model_over_seeds(tmp_path)
     results = []
     for model, score in (("Pop", 0.1), ("EASE", 0.7)):
         assert pd.Series([score] * 3).mean() != score  # the rounding this test is about
-        for seed in (0, 1, 2):
-            record = {
-                "status": "ok",
-                "dataset": "d",
-                "model": model,
-                "seed": seed,
-                "valid_metric": "ndcg@10",
-                "epochs": [{"epoch": 0, "valid_score": score}],
-                "test": {"ndcg@10": score},
-                "timing": {"train_seconds": 1.0},
-            }
-            results.append(parse_result(record))
+        results += [_result(model, seed, [score], {"ndcg@10": score}) for seed in (0, 1, 2)]
     _check_figures(plots.learning_curves(results, tmp_path))
 
 
